@@ -1,5 +1,6 @@
 import os
 import os.path as osp
+import re
 import shutil
 import sys
 
@@ -38,17 +39,9 @@ def add_mim_extension():
             shutil.copyfile(src, dst)
 
 
-def read_requirements(path):
-    with open(path) as f:
-        return [line.strip() for line in f
-                if line.strip() and not line.startswith('#')]
-
-
 def get_version():
-    scope = {}
     with open(osp.join('mmmpvg', '__init__.py')) as f:
-        exec(f.read(), scope)
-    return scope['__version__']
+        return re.search(r"^__version__ = '(.+)'$", f.read(), re.M).group(1)
 
 
 if __name__ == '__main__':
