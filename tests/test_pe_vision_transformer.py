@@ -1,0 +1,245 @@
+"""PEVisionTransformer: presets, paper parameter counts, PE wiring, caching."""
+import glob
+import os.path as osp
+
+import pytest
+import torch
+from mmengine.config import Config
+from mmpretrain.registry import MODELS
+
+import mmmpvg.models  # noqa: F401  (registers the backbone)
+from mmmpvg.models import PE_METHODS
+
+REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+DEIT_CONFIGS = sorted(glob.glob(osp.join(REPO, 'configs/deit/*.py')))
+ABLATION_CONFIGS = sorted(glob.glob(osp.join(REPO, 'configs/deit/ablations/*.py')))
+
+# Table 1 (DeiT rows), #Params in M truncated to 3 decimals.
+TABLE1 = {
+    ('tiny', 'default'): 5.717, ('tiny', 'lape'): 5.721,
+    ('tiny', 'pvg'): 5.721, ('tiny', 'mpvg'): 5.721,
+    ('small', 'default'): 22.050, ('small', 'lape'): 22.059,
+    ('small', 'pvg'): 22.058, ('small', 'mpvg'): 22.059,
+    ('base', 'default'): 86.567, ('base', 'lape'): 86.586,
+    ('base', 'pvg'): 86.583, ('base', 'mpvg'): 86.584,
+}
+# LaPE-Ti: the official LaPE structure (class token, one PE LayerNorm in
+# each of the 12 layers) matches Table 1 for DeiT-S and DeiT-B but gives
+# 5,722,024 for DeiT-Ti, 24 parameters above the printed 5.721; no other
+# structure fits all three rows.
+LAPE_TINY_EXACT = 5_722_024
+
+TINY = dict(embed_dims=32, num_layers=4, num_heads=2, feedforward_channels=64)
+
+
+def build_backbone(**kwargs):
+    cfg = dict(type='PEVisionTransformer', arch=TINY, img_size=32,
+               patch_size=8)
+    cfg.update(kwargs)
+    return MODELS.build(cfg)
+
+
+def build_from_config(path):
+    cfg = Config.fromfile(path)
+    return MODELS.build(cfg.model)
+
+
+def num_params(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+# DeiT-S/B configs build in the #Params test; running all three sizes
+# here would only repeat the same code path at a higher cost.
+@pytest.mark.parametrize(
+    'path', [p for p in DEIT_CONFIGS if 'deit-tiny' in p] + ABLATION_CONFIGS,
+    ids=osp.basename)
+def test_every_tiny_config_builds_and_runs_through_mmpretrain(path):
+    model = build_from_config(path)
+    model.eval()
+    with torch.no_grad():
+        logits = model(torch.randn(1, 3, 224, 224), mode='tensor')
+    assert logits.shape == (1, 1000)
+
+
+@pytest.mark.parametrize('arch,method', sorted(TABLE1))
+def test_parameter_counts_match_table1(arch, method):
+    path = [p for p in DEIT_CONFIGS
+            if osp.basename(p).startswith(f'deit-{arch}_{method}_')]
+    assert len(path) == 1, path
+    count = num_params(build_from_config(path[0]))
+    if (arch, method) == ('tiny', 'lape'):
+        assert count == LAPE_TINY_EXACT
+        return
+    assert int(count / 1000) / 1000 == TABLE1[arch, method], count
+
+
+def test_pvg_and_mpvg_structure_from_the_counts():
+    pvg = build_backbone(global_pool='avg', pe_cfg=dict(method='pvg'))
+    mpvg = build_backbone(global_pool='avg', pe_cfg=dict(method='mpvg'))
+    assert pvg.cls_token is None
+    assert pvg.pe.layers_with_pe() == [1, 2, 3]
+    assert num_params(mpvg) - num_params(pvg) == 2 * 32
+    assert pvg.pe.pos_embed.shape == (1, 16, 32)
+
+
+@pytest.mark.parametrize('method', sorted(PE_METHODS))
+@pytest.mark.parametrize('size', [32, 48])
+def test_forward_shapes(method, size):
+    pool = 'cls' if method in ('default', 'lape') else 'avg'
+    model = build_backbone(global_pool=pool, pe_cfg=dict(method=method))
+    (pooled, ) = model(torch.randn(2, 3, size, size))
+    assert pooled.shape == (2, 32)
+    model.out_type = 'featmap'
+    (featmap, ) = model(torch.randn(2, 3, size, size))
+    assert featmap.shape == (2, 32, size // 8, size // 8)
+
+
+def capture_layer_inputs(model, images):
+    seen = {}
+
+    def hook(index):
+        def record(module, args, kwargs):
+            x, pe = (list(args) + [kwargs.get('pe')])[:2]
+            seen[index] = (x.detach().clone(),
+                           None if pe is None else pe.detach().clone())
+        return record
+
+    handles = [layer.register_forward_pre_hook(hook(i), with_kwargs=True)
+               for i, layer in enumerate(model.layers)]
+    model(images)
+    for handle in handles:
+        handle.remove()
+    return seen
+
+
+@pytest.mark.parametrize('method', ['pvg', 'mpvg'])
+def test_pvg_feeds_hierarchical_pe_from_layer1(method):
+    torch.manual_seed(0)
+    model = build_backbone(global_pool='avg', pe_cfg=dict(method=method))
+    for norm in model.pe.layer_norms.values():  # make every LN distinct
+        torch.nn.init.normal_(norm.weight)
+        torch.nn.init.normal_(norm.bias)
+    images = torch.randn(2, 3, 32, 32)
+    seen = capture_layer_inputs(model, images)
+
+    pos = model.pe.pos_embed
+    tokens, _ = model.embed(images)
+    assert seen[0][1] is None, 'layer 0 must get no PE'
+    torch.testing.assert_close(seen[0][0], tokens + pos)  # Eq. 8: x + PE
+    expected = pos
+    for layer in range(1, 4):  # Eq. 9-10: LN'_l(pos_{l-1})
+        expected = model.pe.layer_norms[str(layer)](expected)
+        torch.testing.assert_close(seen[layer][1], expected.detach())
+
+
+def test_lape_feeds_every_layer_and_not_the_input():
+    model = build_backbone(global_pool='cls', pe_cfg=dict(method='lape'))
+    images = torch.randn(1, 3, 32, 32)
+    seen = capture_layer_inputs(model, images)
+    tokens, _ = model.embed(images)
+    torch.testing.assert_close(seen[0][0], tokens)  # Eq. 5: no PE added
+    expected = model.pe.pos_embed
+    for layer in range(4):  # Eq. 6-7
+        expected = model.pe.layer_norms[str(layer)](expected)
+        torch.testing.assert_close(seen[layer][1], expected.detach())
+
+
+def test_non_hierarchical_uses_pos0_in_every_layer():
+    model = build_backbone(pe_cfg=dict(method='mpvg', hierarchical=False))
+    seen = capture_layer_inputs(model, torch.randn(1, 3, 32, 32))
+    for layer in range(1, 4):
+        expected = model.pe.layer_norms[str(layer)](model.pe.pos_embed)
+        torch.testing.assert_close(seen[layer][1], expected.detach())
+
+
+@pytest.mark.parametrize('k', [0, 2])
+def test_mpvg_last_norm_adds_ln_of_pos_k(k):
+    model = build_backbone(pe_cfg=dict(method='mpvg', last_norm_pos=k))
+    model.out_type = 'featmap'
+    torch.nn.init.normal_(model.pe.last_pos_norm.bias)
+    images = torch.randn(2, 3, 32, 32)
+    seen = {}
+    model.last_norm.register_forward_hook(
+        lambda m, i, o: seen.setdefault('last_ln', o.detach()))
+    (featmap, ) = model(images)
+    pos_k = model.pe.pos_embed if k == 0 else capture_layer_inputs(
+        model, images)[k][1]
+    expected = seen['last_ln'] + model.pe.last_pos_norm(pos_k)  # Eq. 11
+    torch.testing.assert_close(
+        featmap.flatten(2).transpose(1, 2), expected.detach())
+
+
+def test_pe_interpolated_before_the_ln_chain():
+    model = build_backbone(pe_cfg=dict(method='pvg'))
+    from mmpretrain.models.utils import resize_pos_embed
+    seen = capture_layer_inputs(model, torch.randn(1, 3, 48, 64))
+    resized = resize_pos_embed(model.pe.pos_embed, (4, 4), (6, 8),
+                               mode='bicubic', num_extra_tokens=0)
+    expected = model.pe.layer_norms['1'](resized)
+    torch.testing.assert_close(seen[1][1], expected.detach())
+
+
+def test_eval_pe_chain_is_cached_and_invalidated_by_weight_updates():
+    torch.manual_seed(0)
+    model = build_backbone(pe_cfg=dict(method='mpvg'))
+    model.eval()
+    images = torch.randn(2, 3, 32, 32)
+    calls = []
+    plan_from = model.pe.plan_from
+    model.pe.plan_from = lambda pos: calls.append(1) or plan_from(pos)
+
+    with torch.no_grad():
+        first = model(images)[0]
+        second = model(images)[0]
+    with torch.enable_grad():
+        uncached = model(images)[0]
+    assert len(calls) == 2  # once for the two no-grad passes, once uncached
+    torch.testing.assert_close(first, second)
+    torch.testing.assert_close(first, uncached.detach())
+
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    model(images)[0].sum().backward()
+    optimizer.step()
+    with torch.no_grad():
+        after_step = model(images)[0]
+    with torch.enable_grad():
+        reference = model(images)[0].detach()
+    torch.testing.assert_close(after_step, reference)
+    assert not torch.allclose(after_step, first)
+
+    state = {k: v + 1 for k, v in model.state_dict().items()}
+    model.load_state_dict(state)
+    with torch.no_grad():
+        after_load = model(images)[0]
+    with torch.enable_grad():
+        torch.testing.assert_close(after_load, model(images)[0].detach())
+
+
+@pytest.mark.parametrize('pe_cfg,pool,message', [
+    (dict(method='nope'), 'avg', 'Unknown PE method'),
+    (dict(method='mpvg'), 'cls', 'class token'),
+    (dict(method='pvg', colour=1), 'avg', 'Unknown PE knob'),
+    (dict(method='default', hierarchical=False), 'avg', 'layerwise=True'),
+    (dict(method='default', add_to_input=False), 'avg', 'unused'),
+    (dict(method='mpvg', last_norm_pos=7), 'avg', 'last_norm_pos=7'),
+    (dict(method='default', last_norm_pos=2), 'avg', 'last_norm_pos=2'),
+])
+def test_meaningless_pe_configs_are_refused(pe_cfg, pool, message):
+    with pytest.raises(ValueError, match=message):
+        build_backbone(global_pool=pool, pe_cfg=pe_cfg)
+
+
+def test_image_size_not_divisible_by_patch_is_refused():
+    model = build_backbone()
+    with pytest.raises(ValueError, match='not divisible by the patch size'):
+        model(torch.randn(1, 3, 36, 32))
+
+
+def test_layer_depths_for_layer_decay():
+    model = build_backbone(pe_cfg=dict(method='mpvg'))
+    depth = model.get_layer_depth
+    assert depth('backbone.pe.pos_embed', 'backbone.') == (0, 6)
+    assert depth('backbone.layers.2.attn.qkv.weight', 'backbone.') == (3, 6)
+    assert depth('backbone.pe.layer_norms.2.weight', 'backbone.') == (3, 6)
+    assert depth('backbone.last_norm.weight', 'backbone.') == (5, 6)
+    assert depth('head.fc.weight', 'backbone.') == (5, 6)
