@@ -4,6 +4,7 @@ import os.path as osp
 
 import pytest
 import torch
+import yaml
 from mmengine.config import Config
 from mmpretrain.registry import MODELS
 
@@ -71,6 +72,16 @@ def test_parameter_counts_match_table1(arch, method):
         assert count == LAPE_TINY_EXACT
         return
     assert int(count / 1000) / 1000 == TABLE1[arch, method], count
+
+
+def test_metafile_lists_every_config_with_its_built_parameter_count():
+    with open(osp.join(REPO, 'configs/deit/metafile.yml')) as f:
+        entries = yaml.safe_load(f)['Models']
+    listed = {osp.join(REPO, e['Config']): e for e in entries}
+    assert set(listed) == set(DEIT_CONFIGS + ABLATION_CONFIGS)
+    for path, entry in listed.items():
+        assert entry['Metadata']['Parameters'] == num_params(
+            build_from_config(path)), path
 
 
 def test_pvg_and_mpvg_structure_from_the_counts():
