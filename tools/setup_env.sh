@@ -36,8 +36,9 @@ pip_install() {
 }
 
 # mmcv's build imports pkg_resources (gone in setuptools 82) and needs
-# wheel + ninja present because it is built without isolation.
-pip_install setuptools wheel ninja
+# wheel + ninja present because it is built without isolation. pip < 25.3
+# still performs `setup.py develop` for `-e .`, which `mim` relies on.
+pip_install "pip<25.3" setuptools wheel ninja
 log "installing torch + torchvision (a pinned pair)"
 pip_install torch torchvision
 
