@@ -1,0 +1,195 @@
+"""Record what a :class:`PEVisionTransformer` computes, through hooks only.
+
+The analysis never re-runs the transformer by hand: hooks on the backbone's
+own modules see the tensors as the model's forward passes them along, so
+whatever a checkpoint (or a wrapper such as an adapter) does is what gets
+measured.
+
+Hooked boundaries (``l`` counts layers from 0, as ``backbone.layers[l]``):
+
+* ``pe`` (output): the :class:`PEPlan` of the pass and the patch grid.
+* ``layers[l]`` (forward-pre, with kwargs): ``x_l``, the residual stream
+  entering layer ``l``, and the PE handed to it (``None`` where none).
+* ``layers[l].ln1`` (output): ``LN_l(x_l)``, the token term that meets the
+  PE at the attention input ``attn(LN_l(x_l) + pe_l)``.
+* ``last_norm`` (input and output): ``x_out``, the output of the last layer,
+  and ``LN(x_out)``; ``None`` for a backbone without a Last LN (a
+  ViT-Adapter that does not use it).
+
+Layers must run once per pass: window attention (a layer run per window)
+is refused rather than measured piecemeal.
+"""
+from functools import partial
+from typing import List, NamedTuple, Optional, Tuple
+
+import torch
+import torch.nn as nn
+
+from ..models.backbones import PEVisionTransformer
+from ..models.position_embedding import PEPlan
+
+
+class ForwardRecord(NamedTuple):
+    """Tensors of one forward pass; tokens are (B, N, C), PEs (1, N, C).
+
+    ``N`` counts the class token (row 0) when the backbone has one.
+    """
+    plan: PEPlan
+    grid_size: Tuple[int, int]
+    num_extra_tokens: int
+    global_pool: str
+    layer_inputs: List[torch.Tensor]
+    layer_ln1: List[torch.Tensor]
+    layer_pe: List[Optional[torch.Tensor]]
+    last_norm_input: Optional[torch.Tensor]
+    last_norm_output: Optional[torch.Tensor]
+
+    @property
+    def output_tokens(self) -> Optional[torch.Tensor]:
+        """``y = LN(x_out) [+ LN''(pos_k)]`` (Eq. 4 / 11): what is pooled."""
+        if self.last_norm_output is None or self.plan.to_last_norm is None:
+            return self.last_norm_output
+        return self.last_norm_output + self.plan.to_last_norm
+
+    def pool(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The backbone's pooling: class token, or the mean of all tokens."""
+        return pool_tokens(tokens, self.global_pool)
+
+    def patch_grid(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, N, C) tokens -> (B, h, w, C) patch tokens (class token out)."""
+        patches = tokens[..., self.num_extra_tokens:, :]
+        return patches.reshape(*patches.shape[:-2], *self.grid_size,
+                               patches.shape[-1])
+
+
+def pool_tokens(tokens: torch.Tensor, global_pool: str) -> torch.Tensor:
+    """Pool (..., N, C) tokens as a backbone with ``global_pool`` does."""
+    if global_pool == 'cls':
+        return tokens[..., 0, :]
+    return tokens.mean(dim=-2)
+
+
+WINDOWS = ('A layer with window attention sees windows, not the image, and '
+           'cannot be analysed: use global attention, e.g. --cfg-options '
+           'model.backbone.window_attn=False.')
+
+
+def _detach(tensor: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    return None if tensor is None else tensor.detach()
+
+
+def find_pe_backbone(model: nn.Module) -> PEVisionTransformer:
+    """The one :class:`PEVisionTransformer` inside ``model``."""
+    found = [m for m in model.modules() if isinstance(m, PEVisionTransformer)]
+    if len(found) != 1:
+        raise ValueError(
+            f'Expected exactly one PEVisionTransformer in the model, found '
+            f'{len(found)} ({type(model).__name__}); the analysis tools '
+            'read the position embedding of mmmpvg backbones.')
+    return found[0]
+
+
+class PECapture:
+    """Context manager that hooks a backbone; :meth:`pop` gives each pass.
+
+    Example::
+
+        with PECapture(backbone) as capture:
+            model.extract_feat(images)
+            record = capture.pop()
+    """
+
+    def __init__(self, backbone: PEVisionTransformer):
+        if not isinstance(backbone, PEVisionTransformer):
+            raise TypeError('PECapture needs a PEVisionTransformer, got '
+                            f'{type(backbone).__name__}.')
+        self.backbone = backbone
+        self._handles = []
+        self._clear()
+
+    def __enter__(self) -> 'PECapture':
+        backbone = self.backbone
+        self._handles.append(backbone.pe.register_forward_hook(self._on_pe))
+        for index, layer in enumerate(backbone.layers):
+            self._handles.append(layer.register_forward_pre_hook(
+                partial(self._on_layer, index), with_kwargs=True))
+            self._handles.append(layer.ln1.register_forward_hook(
+                partial(self._on_ln1, index)))
+        if backbone.last_norm is not None:
+            self._handles.append(
+                backbone.last_norm.register_forward_hook(self._on_last_norm))
+        return self
+
+    def __exit__(self, *exc_info):
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def _clear(self):
+        num_layers = len(self.backbone.layers)
+        self._pe = None
+        self._layers = [None] * num_layers
+        self._ln1 = [None] * num_layers
+        self._last_norm = None
+
+    @staticmethod
+    def _check_unset(value, what: str):
+        if value is not None:
+            raise RuntimeError(
+                f'{what} ran twice before pop(): call pop() after every '
+                f'forward pass. {WINDOWS}')
+
+    def _on_pe(self, module, args, plan):
+        self._check_unset(self._pe, 'pe')
+        self._pe = (PEPlan(_detach(plan.to_input),
+                           [_detach(pe) for pe in plan.per_layer],
+                           _detach(plan.to_last_norm)), tuple(args[0]))
+
+    def _on_layer(self, index, module, args, kwargs):
+        self._check_unset(self._layers[index], f'layers[{index}]')
+        x = args[0] if args else kwargs['x']
+        pe = args[1] if len(args) > 1 else kwargs.get('pe')
+        if self._pe is not None:
+            (h, w) = self._pe[1]
+            tokens = h * w + self.backbone.num_extra_tokens
+            if x.shape[-2] != tokens:
+                raise RuntimeError(
+                    f'layers[{index}] got {x.shape[-2]} tokens, not the '
+                    f'{tokens} of the {h}x{w} patch grid. {WINDOWS}')
+        self._layers[index] = (x.detach(), _detach(pe))
+
+    def _on_ln1(self, index, module, args, output):
+        self._check_unset(self._ln1[index], f'layers[{index}].ln1')
+        self._ln1[index] = output.detach()
+
+    def _on_last_norm(self, module, args, output):
+        self._check_unset(self._last_norm, 'last_norm')
+        self._last_norm = (args[0].detach(), output.detach())
+
+    def pop(self) -> ForwardRecord:
+        """The tensors of the pass since the last ``pop``; resets."""
+        slots = {'pe': self._pe}
+        if self.backbone.last_norm is not None:
+            slots['last_norm'] = self._last_norm
+        slots.update((f'layers[{i}]', v) for i, v in enumerate(self._layers))
+        slots.update((f'layers[{i}].ln1', v) for i, v in enumerate(self._ln1))
+        missing = [name for name, value in slots.items() if value is None]
+        if missing:
+            raise RuntimeError(
+                f'No forward pass reached {missing}: run the model (e.g. '
+                '`model.extract_feat(inputs)`) inside the capture first.')
+        plan, grid_size = self._pe
+        last_in, last_out = self._last_norm or (None, None)
+        backbone = self.backbone
+        record = ForwardRecord(
+            plan=plan,
+            grid_size=grid_size,
+            num_extra_tokens=backbone.num_extra_tokens,
+            global_pool=backbone.global_pool,
+            layer_inputs=[x for x, _ in self._layers],
+            layer_ln1=list(self._ln1),
+            layer_pe=[pe for _, pe in self._layers],
+            last_norm_input=last_in,
+            last_norm_output=last_out)
+        self._clear()
+        return record
