@@ -1,7 +1,7 @@
 """Train and evaluate MPVG beside Default on scikit-learn's digits.
 
-The embedded default job: two micro ViTs (configs/demo/) that differ only in
-their PE method, trained and tested through mmpretrain's Runner on CPU.
+The embedded default job: three micro ViTs (configs/demo/) that differ only
+in PE method and pooling, trained and tested through mmpretrain's Runner.
 
     python tools/demo_digits.py [--epochs 30] [--work-dir work_dirs/demo]
 """
@@ -15,6 +15,7 @@ import mmmpvg  # noqa: F401  (safe checkpoint loading)
 
 CONFIGS = {
     'Default (cls token)': 'configs/demo/default_vit-micro_digits.py',
+    'Default (GAP)': 'configs/demo/default-gap_vit-micro_digits.py',
     'MPVG (GAP)': 'configs/demo/mpvg_vit-micro_digits.py',
 }
 
