@@ -1,1 +1,3 @@
 __version__ = '0.1.0'
+
+from . import engine  # noqa: E402,F401  (guards MMEngine's checkpoint loading)

@@ -6,6 +6,9 @@ _base_ = 'mmpretrain::deit/deit-tiny_4xb256_in1k.py'
 
 custom_imports = dict(imports=['mmmpvg.models'], allow_failed_imports=False)
 
+# A kill during a checkpoint write never leaves the only checkpoint corrupt.
+default_hooks = dict(checkpoint=dict(type='AtomicCheckpointHook'))
+
 model = dict(
     backbone=dict(
         _delete_=True,

@@ -75,5 +75,6 @@ test_cfg = dict()
 
 default_hooks = dict(
     logger=dict(type='LoggerHook', interval=10),
-    checkpoint=dict(type='CheckpointHook', interval=10, max_keep_ckpts=2))
+    checkpoint=dict(
+        type='AtomicCheckpointHook', interval=10, max_keep_ckpts=2))
 randomness = dict(seed=0, deterministic=False)

@@ -1,0 +1,65 @@
+"""Mixed precision with ``--amp`` on CUDA and on CPU.
+
+mmengine's AmpOptimWrapper refuses to start without an accelerator, while
+CPU autocast itself works in bfloat16. bfloat16 has float32's exponent range,
+so gradients need no loss scaling there.
+"""
+from contextlib import contextmanager
+
+import torch
+from mmengine.optim import OptimWrapper
+from mmengine.registry import OPTIM_WRAPPERS
+from mmengine.runner.amp import autocast
+
+__all__ = ['CPUAmpOptimWrapper', 'enable_amp']
+
+_AMP_COMPATIBLE_WRAPPERS = ('OptimWrapper', 'AmpOptimWrapper',
+                            'CPUAmpOptimWrapper')
+
+
+@OPTIM_WRAPPERS.register_module()
+class CPUAmpOptimWrapper(OptimWrapper):
+    """OptimWrapper that runs forward and loss under CPU bfloat16 autocast.
+
+    Args:
+        dtype (str | torch.dtype): Autocast dtype; CPU autocast supports
+            only ``'bfloat16'``.
+        **kwargs: Arguments of :class:`mmengine.optim.OptimWrapper`.
+    """
+
+    def __init__(self, dtype='bfloat16', **kwargs):
+        dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+        if dtype != torch.bfloat16:
+            raise ValueError(
+                f'CPU autocast supports only bfloat16, got dtype={dtype}')
+        super().__init__(**kwargs)
+        self.cast_dtype = dtype
+
+    @contextmanager
+    def optim_context(self, model):
+        with super().optim_context(model), autocast(
+                device_type='cpu', dtype=self.cast_dtype):
+            yield
+
+
+def enable_amp(cfg):
+    """Switch ``cfg.optim_wrapper`` to mixed precision for this machine.
+
+    CUDA: MMEngine's AmpOptimWrapper with dynamic loss scaling (a ``dtype``
+    in the config, e.g. ``'bfloat16'``, is kept). CPU: CPUAmpOptimWrapper in
+    bfloat16.
+    """
+    wrapper = cfg.optim_wrapper
+    kind = wrapper.get('type', 'OptimWrapper')
+    if kind not in _AMP_COMPATIBLE_WRAPPERS:
+        raise ValueError(
+            f'--amp needs optim_wrapper.type to be one of '
+            f'{_AMP_COMPATIBLE_WRAPPERS}, but the config has {kind!r}')
+    if torch.cuda.is_available():
+        wrapper.type = 'AmpOptimWrapper'
+        wrapper.setdefault('loss_scale', 'dynamic')
+    else:
+        wrapper.type = 'CPUAmpOptimWrapper'
+        wrapper.pop('loss_scale', None)
+        wrapper.dtype = 'bfloat16'
+    return cfg

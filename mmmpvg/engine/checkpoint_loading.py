@@ -1,0 +1,144 @@
+"""Load MMEngine checkpoints on torch >= 2.6 with ``weights_only`` left on.
+
+Since torch 2.6, ``torch.load`` unpickles only tensors and plain containers
+unless told otherwise. A checkpoint written by MMEngine's Runner also holds
+its MessageHub: ``HistoryBuffer`` objects (which pickle their statistics
+methods as ``getattr(HistoryBuffer, name)``) with numpy arrays, dtypes and
+scalars. mmengine 0.10.7 therefore cannot resume, ``load_from`` or test its
+own checkpoints.
+
+We allow exactly those types, only while one of MMEngine's checkpoint loaders
+runs, and turn any other pickled object into an :class:`UnsafeCheckpointError`
+that names the offending type and file.
+"""
+import contextlib
+import functools
+import pickle
+import re
+
+import numpy as np
+import torch
+from mmengine.logging import HistoryBuffer
+from mmengine.runner.checkpoint import CheckpointLoader
+
+__all__ = [
+    'MMENGINE_CHECKPOINT_GLOBALS', 'UnsafeCheckpointError',
+    'mmengine_checkpoint_globals', 'install_checkpoint_allowlist'
+]
+
+# The statistics HistoryBuffer registers for itself; custom ones registered
+# by user code are functions defined elsewhere and stay refused.
+_HISTORY_BUFFER_STATISTICS = ('min', 'max', 'current', 'mean')
+
+# Numeric numpy dtypes (HistoryBuffer arrays, metric values such as
+# best_score); unpickling a dtype builds an instance of its class.
+_NUMPY_DTYPE_CODES = ('b1', 'i1', 'i2', 'i4', 'i8', 'u1', 'u2', 'u4', 'u8',
+                      'f2', 'f4', 'f8')
+
+
+class UnsafeCheckpointError(pickle.UnpicklingError):
+    """A checkpoint holds a pickled object outside the MMEngine allow-list."""
+
+
+def _history_buffer_statistic(owner, name):
+    """``getattr`` restricted to the statistics methods of HistoryBuffer."""
+    if owner is not HistoryBuffer or name not in _HISTORY_BUFFER_STATISTICS:
+        raise pickle.UnpicklingError(
+            f'getattr({owner!r}, {name!r}) is not part of an MMEngine '
+            'checkpoint')
+    return getattr(owner, name)
+
+
+def _numpy_globals():
+    multiarray = np._core.multiarray if hasattr(np, '_core') \
+        else np.core.multiarray
+    dtype_classes = {type(np.dtype(code)) for code in _NUMPY_DTYPE_CODES}
+    allowed = [np.ndarray, np.dtype, *sorted(dtype_classes, key=str)]
+    # numpy 2 pickles under numpy._core, numpy 1 under numpy.core: accept
+    # checkpoints written with either.
+    for module in ('numpy._core.multiarray', 'numpy.core.multiarray'):
+        allowed += [(multiarray._reconstruct, f'{module}._reconstruct'),
+                    (multiarray.scalar, f'{module}.scalar')]
+    return allowed
+
+
+MMENGINE_CHECKPOINT_GLOBALS = [
+    HistoryBuffer,
+    (_history_buffer_statistic, 'builtins.getattr'),
+    *_numpy_globals(),
+]
+
+
+@contextlib.contextmanager
+def mmengine_checkpoint_globals():
+    """Let ``torch.load(weights_only=True)`` read MMEngine checkpoints.
+
+    The allow-list is active only inside the block; safe globals registered
+    by others before it stay registered after it.
+    """
+    before = torch.serialization.get_safe_globals()
+    torch.serialization.add_safe_globals(MMENGINE_CHECKPOINT_GLOBALS)
+    try:
+        yield
+    finally:
+        torch.serialization.clear_safe_globals()
+        torch.serialization.add_safe_globals(before)
+
+
+def _foreign_globals(filename, error):
+    """Names of the pickled globals that made ``torch.load`` refuse."""
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(filename)
+    except Exception:  # not a local zip checkpoint (URL, legacy format)
+        names = []
+    if not names:
+        names = re.findall(r'GLOBAL (\S+) was not an allowed global',
+                           str(error))
+    if not names:
+        names = re.findall(r"but got (<class '[^']+'>)", str(error))
+    return sorted(set(names))
+
+
+def _refusal_message(filename, error):
+    names = _foreign_globals(filename, error)
+    if not names:
+        detail = str(error).split('WeightsUnpickler error:')[-1].strip()
+        return f'Refusing to load checkpoint {filename}: {detail}'
+    return (
+        f'Refusing to load checkpoint {filename}: it holds pickled '
+        f'object(s) of type {", ".join(names)}, which MMEngine checkpoints '
+        'do not contain, and unpickling them could run arbitrary code. '
+        'Allowed are tensors, containers, HistoryBuffer and numpy '
+        'arrays/scalars (mmmpvg.engine.MMENGINE_CHECKPOINT_GLOBALS). If you '
+        'trust its source, extract the weights once with an unrestricted '
+        'torch.load and save them as a plain state_dict.')
+
+
+def _refuse_foreign_objects(loader):
+    """Wrap a CheckpointLoader scheme: allow-list on, clear refusals."""
+
+    @functools.wraps(loader)
+    def load(filename, map_location):
+        with mmengine_checkpoint_globals():
+            try:
+                return loader(filename, map_location)
+            except UnsafeCheckpointError:
+                raise
+            except pickle.UnpicklingError as error:
+                raise UnsafeCheckpointError(
+                    _refusal_message(filename, error)) from error
+
+    load.mmengine_allowlist = True
+    return load
+
+
+def install_checkpoint_allowlist():
+    """Guard every registered CheckpointLoader scheme (idempotent).
+
+    The Runner's ``resume``, ``load_from`` and ``Pretrained`` init all load
+    through these schemes (local files, URLs, ``open-mmlab://``, ...).
+    """
+    for prefix, loader in list(CheckpointLoader._schemes.items()):
+        if not getattr(loader, 'mmengine_allowlist', False):
+            CheckpointLoader.register_scheme(
+                prefix, _refuse_foreign_objects(loader), force=True)

@@ -1,0 +1,98 @@
+"""Test a checkpoint of any mmmpvg config with MMEngine's Runner.
+
+    python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out FILE.pkl]
+        [--out-item {pred,metrics}] [--cfg-options KEY=VALUE ...]
+        [--launcher L]
+
+In a distributed run (tools/dist_test.sh) every rank evaluates a share of
+the test set and the evaluator gathers all predictions, each sample once,
+before computing the metrics.
+"""
+import argparse
+import os
+import os.path as osp
+
+import mmengine
+from mmengine.config import Config, DictAction
+from mmengine.evaluator import DumpResults
+from mmengine.registry import RUNNERS
+from mmengine.runner import Runner
+
+from mmmpvg.engine import setup_cpu_distributed
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description='Test (and eval) a model')
+    parser.add_argument('config', help='test config file path')
+    parser.add_argument('checkpoint', help='checkpoint file')
+    parser.add_argument(
+        '--work-dir', help='the dir to save the evaluation log and metrics')
+    parser.add_argument(
+        '--out',
+        help='file to dump the predictions (.pkl) or the metrics '
+        '(--out-item metrics; .pkl, .json or .yaml) to')
+    parser.add_argument(
+        '--out-item',
+        choices=['pred', 'metrics'],
+        default='pred',
+        help='what --out holds')
+    parser.add_argument(
+        '--cfg-options',
+        nargs='+',
+        action=DictAction,
+        help='override config settings, e.g. test_dataloader.batch_size=8')
+    parser.add_argument(
+        '--launcher',
+        choices=['none', 'pytorch', 'slurm', 'mpi'],
+        default='none',
+        help='job launcher')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    args = parser.parse_args(argv)
+    if 'LOCAL_RANK' not in os.environ:
+        os.environ['LOCAL_RANK'] = str(args.local_rank)
+    if args.out and args.out_item == 'pred' and not args.out.endswith(
+            ('.pkl', '.pickle')):
+        parser.error(f'--out must be a .pkl file for predictions, '
+                     f'got {args.out}')
+    return args
+
+
+def merge_args(cfg, args):
+    """Apply the command line to the config (CLI beats config)."""
+    cfg.launcher = args.launcher
+    if args.cfg_options is not None:
+        cfg.merge_from_dict(args.cfg_options)
+    if args.work_dir is not None:
+        cfg.work_dir = args.work_dir
+    elif cfg.get('work_dir') is None:
+        cfg.work_dir = osp.join('./work_dirs',
+                                osp.splitext(osp.basename(args.config))[0])
+    cfg.load_from = args.checkpoint
+    return cfg
+
+
+def build_runner(args):
+    """The Runner for ``args``, with CPU-distributed set-up done."""
+    cfg = merge_args(Config.fromfile(args.config), args)
+    setup_cpu_distributed(cfg)
+    if 'runner_type' in cfg:
+        runner = RUNNERS.build(cfg)
+    else:
+        runner = Runner.from_cfg(cfg)
+    if args.out and args.out_item == 'pred':
+        runner.test_evaluator.metrics.append(
+            DumpResults(out_file_path=args.out))
+    return runner
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    runner = build_runner(args)
+    metrics = runner.test()
+    if args.out and args.out_item == 'metrics' and runner.rank == 0:
+        mmengine.dump(metrics, args.out)
+    return metrics
+
+
+if __name__ == '__main__':
+    main()
