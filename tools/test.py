@@ -10,15 +10,12 @@ before computing the metrics.
 """
 import argparse
 import os
-import os.path as osp
 
 import mmengine
 from mmengine.config import Config, DictAction
 from mmengine.evaluator import DumpResults
-from mmengine.registry import RUNNERS
-from mmengine.runner import Runner
-
-from mmmpvg.engine import setup_cpu_distributed
+from mmmpvg.engine.runner import apply_common_args
+from mmmpvg.engine.runner import build_runner as build_config_runner
 
 
 def parse_args(argv=None):
@@ -59,26 +56,15 @@ def parse_args(argv=None):
 
 def merge_args(cfg, args):
     """Apply the command line to the config (CLI beats config)."""
-    cfg.launcher = args.launcher
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
-    if args.work_dir is not None:
-        cfg.work_dir = args.work_dir
-    elif cfg.get('work_dir') is None:
-        cfg.work_dir = osp.join('./work_dirs',
-                                osp.splitext(osp.basename(args.config))[0])
+    apply_common_args(cfg, args)
     cfg.load_from = args.checkpoint
     return cfg
 
 
 def build_runner(args):
     """The Runner for ``args``, with CPU-distributed set-up done."""
-    cfg = merge_args(Config.fromfile(args.config), args)
-    setup_cpu_distributed(cfg)
-    if 'runner_type' in cfg:
-        runner = RUNNERS.build(cfg)
-    else:
-        runner = Runner.from_cfg(cfg)
+    runner = build_config_runner(
+        merge_args(Config.fromfile(args.config), args))
     if args.out and args.out_item == 'pred':
         runner.test_evaluator.metrics.append(
             DumpResults(out_file_path=args.out))

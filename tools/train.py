@@ -8,13 +8,11 @@ Multi-process runs: tools/dist_train.sh (torchrun) or tools/slurm_train.sh.
 """
 import argparse
 import os
-import os.path as osp
 
 from mmengine.config import Config, DictAction
-from mmengine.registry import RUNNERS
-from mmengine.runner import Runner
-
-from mmmpvg.engine import enable_amp, setup_cpu_distributed
+from mmmpvg.engine import enable_amp
+from mmmpvg.engine.runner import apply_common_args
+from mmmpvg.engine.runner import build_runner as build_config_runner
 
 
 def parse_args(argv=None):
@@ -57,16 +55,7 @@ def parse_args(argv=None):
 
 def merge_args(cfg, args):
     """Apply the command line to the config (CLI beats config)."""
-    cfg.launcher = args.launcher
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
-
-    if args.work_dir is not None:
-        cfg.work_dir = args.work_dir
-    elif cfg.get('work_dir') is None:
-        cfg.work_dir = osp.join('./work_dirs',
-                                osp.splitext(osp.basename(args.config))[0])
-
+    apply_common_args(cfg, args)
     if args.amp:
         enable_amp(cfg)
 
@@ -88,11 +77,7 @@ def merge_args(cfg, args):
 
 def build_runner(args):
     """The Runner for ``args``, with CPU-distributed set-up done."""
-    cfg = merge_args(Config.fromfile(args.config), args)
-    setup_cpu_distributed(cfg)
-    if 'runner_type' in cfg:
-        return RUNNERS.build(cfg)
-    return Runner.from_cfg(cfg)
+    return build_config_runner(merge_args(Config.fromfile(args.config), args))
 
 
 def main(argv=None):
