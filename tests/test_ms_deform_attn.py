@@ -1,0 +1,190 @@
+"""Multi-scale deformable attention.
+
+The pure-PyTorch path *is* mmcv's reference
+``multi_scale_deformable_attn_pytorch`` (``F.grid_sample``), reused, so
+comparing the two would prove nothing; both are checked here against an
+independent gather-based bilinear sampler written from the definition,
+forward and backward (value, sampling locations, attention weights). Also:
+backend choice, fp32 under autocast, and the attention module.
+"""
+import pytest
+import torch
+
+from mmmpvg.adapter.ms_deform_attn import (MSDeformAttn,
+                                           compiled_op_available,
+                                           multi_scale_deformable_attention)
+
+# Odd, non-square and 1x1 levels.
+SHAPES = [(7, 5), (3, 4), (1, 1), (6, 9)]
+
+
+def bilinear_reference(value, shapes, locations, weights):
+    """Deformable attention from its definition, without ``grid_sample``.
+
+    A location (x, y) in [0, 1] is the pixel coordinate (x*w - 0.5,
+    y*h - 0.5) (pixel centres at half-integers, as ``align_corners=False``);
+    its 4 neighbours are weighted bilinearly, neighbours outside the map
+    count as zero.
+    """
+    batch, _, heads, dims = value.shape
+    queries, points = locations.shape[1], locations.shape[4]
+    out = value.new_zeros(batch, queries, heads, dims)
+    start = 0
+    for level, (h, w) in enumerate(shapes):
+        # (batch, heads, h*w, dims)
+        v = value[:, start:start + h * w].permute(0, 2, 1, 3)
+        start += h * w
+        x = locations[:, :, :, level, :, 0] * w - 0.5  # (b, q, heads, p)
+        y = locations[:, :, :, level, :, 1] * h - 0.5
+        x0, y0 = x.floor(), y.floor()
+        for xi in (x0, x0 + 1):
+            for yi in (y0, y0 + 1):
+                corner = (1 - (x - xi).abs()) * (1 - (y - yi).abs())
+                inside = (xi >= 0) & (xi < w) & (yi >= 0) & (yi < h)
+                index = (yi.clamp(0, h - 1) * w + xi.clamp(0, w - 1)).long()
+                index = index.permute(0, 2, 1, 3).reshape(batch, heads, -1)
+                sampled = torch.gather(
+                    v, 2, index[..., None].expand(-1, -1, -1, dims))
+                sampled = sampled.view(batch, heads, queries, points,
+                                       dims).permute(0, 2, 1, 3, 4)
+                scale = weights[:, :, :, level] * corner * inside
+                out = out + (scale[..., None] * sampled).sum(3)
+    return out.flatten(2)
+
+
+def random_inputs(seed=0, batch=2, heads=3, dims=4, queries=11, points=3,
+                  shapes=SHAPES, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    keys = sum(h * w for h, w in shapes)
+    value = torch.randn(batch, keys, heads, dims, generator=g, dtype=dtype)
+    # Some locations fall outside the maps (zero padding).
+    locations = torch.rand(batch, queries, heads, len(shapes), points, 2,
+                           generator=g, dtype=dtype) * 1.2 - 0.1
+    weights = torch.rand(batch, queries, heads, len(shapes), points,
+                         generator=g, dtype=dtype)
+    weights = weights / weights.sum((-1, -2), keepdim=True)
+    return value, locations, weights
+
+
+def grads(fn, value, locations, weights, grad_out):
+    leaves = [t.clone().requires_grad_() for t in (value, locations, weights)]
+    out = fn(*leaves)
+    out.backward(grad_out)
+    return out.detach(), [t.grad for t in leaves]
+
+
+@pytest.mark.parametrize('seed,shapes,points', [
+    (0, SHAPES, 3),
+    (1, [(13, 1), (1, 17)], 1),
+    (2, [(5, 5)], 4),
+])
+def test_pure_path_matches_bilinear_definition(seed, shapes, points):
+    value, locations, weights = random_inputs(seed, shapes=shapes,
+                                              points=points)
+    grad_out = torch.randn(value.shape[0], locations.shape[1],
+                           value.shape[2] * value.shape[3])
+    out, (g_value, g_loc, g_weight) = grads(
+        lambda v, l, w: multi_scale_deformable_attention(
+            v, shapes, l, w, backend='pytorch'), value, locations, weights,
+        grad_out)
+    ref, (r_value, r_loc, r_weight) = grads(
+        lambda v, l, w: bilinear_reference(v, shapes, l, w), value,
+        locations, weights, grad_out)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(g_value, r_value, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(g_weight, r_weight, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(g_loc, r_loc, atol=1e-4, rtol=1e-4)
+    assert g_loc.abs().sum() > 0
+
+
+def test_backend_choice_on_cpu():
+    value, locations, weights = random_inputs(4)
+    auto = multi_scale_deformable_attention(value, SHAPES, locations,
+                                            weights, backend='auto')
+    pure = multi_scale_deformable_attention(value, SHAPES, locations,
+                                            weights, backend='pytorch')
+    torch.testing.assert_close(auto, pure, atol=0, rtol=0)
+    with pytest.raises(RuntimeError, match="backend='compiled' needs CUDA"):
+        multi_scale_deformable_attention(value, SHAPES, locations, weights,
+                                         backend='compiled')
+    with pytest.raises(ValueError, match='Unknown deformable-attention'):
+        multi_scale_deformable_attention(value, SHAPES, locations, weights,
+                                         backend='cuda')
+
+
+def test_fp32_under_autocast():
+    value, locations, weights = random_inputs(5)
+    value16 = value.bfloat16()
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        out = multi_scale_deformable_attention(value16, SHAPES,
+                                               locations.bfloat16(),
+                                               weights.bfloat16())
+    assert out.dtype == torch.float32
+    expected = bilinear_reference(value16.float(), SHAPES,
+                                  locations.bfloat16().float(),
+                                  weights.bfloat16().float())
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.skipif(
+    not compiled_op_available(torch.device('cuda')),
+    reason="mmcv's compiled deformable-attention kernel is CUDA-only; no "
+    'GPU (or no CUDA build of mmcv) here')
+def test_compiled_op_matches_pure_path_on_cuda():
+    value, locations, weights = random_inputs(6, batch=3)
+    grad_out = torch.randn(3, locations.shape[1], 12)
+    cuda = [t.cuda() for t in (value, locations, weights, grad_out)]
+    out_c, grads_c = grads(
+        lambda v, l, w: multi_scale_deformable_attention(
+            v, SHAPES, l, w, backend='compiled'), *cuda)
+    out_p, grads_p = grads(
+        lambda v, l, w: multi_scale_deformable_attention(
+            v, SHAPES, l, w, backend='pytorch'), *cuda)
+    torch.testing.assert_close(out_c, out_p, atol=1e-5, rtol=1e-5)
+    for gc, gp in zip(grads_c, grads_p):
+        torch.testing.assert_close(gc, gp, atol=1e-4, rtol=1e-4)
+
+
+def test_module_with_zero_offsets_reads_the_reference_pixel():
+    """Offsets 0: every point samples the query's own pixel centre, so the
+    output is ``output_proj(value_proj(feat))`` at that pixel."""
+    torch.manual_seed(0)
+    attn = MSDeformAttn(embed_dims=12, num_levels=1, num_heads=3,
+                        num_points=4, value_ratio=0.5)
+    attn.init_weights()
+    torch.nn.init.zeros_(attn.sampling_offsets.bias)
+    torch.nn.init.normal_(attn.attention_weights.weight)  # any weights
+    h, w = 5, 7
+    feat = torch.randn(2, h * w, 12)
+    ys, xs = torch.meshgrid((torch.arange(h) + 0.5) / h,
+                            (torch.arange(w) + 0.5) / w, indexing='ij')
+    ref = torch.stack([xs.flatten(), ys.flatten()], -1)[None]
+    query = torch.randn(2, h * w, 12)
+    out = attn(query, ref, feat, [(h, w)])
+    expected = attn.output_proj(attn.value_proj(feat))
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_module_init_spreads_points_per_head():
+    """Deformable DETR init: head k's points lie on one ray, 1..P pixels
+    (in the max-norm) from the reference, in a direction of its own."""
+    attn = MSDeformAttn(embed_dims=24, num_levels=2, num_heads=6,
+                        num_points=3)
+    attn.init_weights()
+    bias = attn.sampling_offsets.bias.view(6, 2, 3, 2)
+    steps = bias.abs().amax(-1)
+    torch.testing.assert_close(steps, torch.tensor(
+        [1., 2., 3.]).expand(6, 2, 3))
+    directions = bias[:, 0, 0]
+    assert len({tuple(d.tolist()) for d in directions.round(decimals=4)}) == 6
+    assert attn.attention_weights.weight.abs().sum() == 0
+
+
+def test_module_rejects_wrong_level_count():
+    attn = MSDeformAttn(embed_dims=12, num_levels=3, num_heads=3,
+                        num_points=2)
+    with pytest.raises(ValueError, match='3-level attention got 1 levels'):
+        attn(torch.randn(1, 4, 12), torch.rand(1, 4, 2),
+             torch.randn(1, 4, 12), [(2, 2)])
+    with pytest.raises(ValueError, match='not divisible'):
+        MSDeformAttn(embed_dims=12, num_levels=1, num_heads=5, num_points=2)
