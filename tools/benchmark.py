@@ -6,11 +6,11 @@ Ratios are against Default measured in the same run.
     python tools/benchmark.py --arch deit-tiny --batch-size 32 [--device cuda]
 """
 import argparse
-import multiprocessing as mp
-import resource
-import time
 
 import torch
+
+from mmmpvg.utils.benchmarking import (in_fresh_process, print_ratio_table,
+                                       timed)
 
 METHODS = {  # the paper's pairing of method and pooling
     'default': 'cls',
@@ -32,11 +32,6 @@ def parse_args():
     return parser.parse_args()
 
 
-def current_rss_bytes():
-    with open('/proc/self/statm') as f:
-        return int(f.read().split()[1]) * resource.getpagesize()
-
-
 def measure(method, mode, args):
     """Images/s and peak memory (bytes) of one method in one mode."""
     from mmpretrain.registry import MODELS
@@ -44,7 +39,6 @@ def measure(method, mode, args):
     import mmmpvg.models  # noqa: F401
     torch.manual_seed(0)
     device = torch.device(args.device)
-    baseline = current_rss_bytes()
     model = MODELS.build(dict(
         type='ImageClassifier',
         backbone=dict(type='PEVisionTransformer', arch=args.arch,
@@ -70,41 +64,19 @@ def measure(method, mode, args):
             optimizer.step()
 
     model.train(mode == 'train step')
-    for _ in range(args.warmup):
-        step()
-    if device.type == 'cuda':
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
-    for _ in range(args.iters):
-        step()
-    if device.type == 'cuda':
-        torch.cuda.synchronize()
-        peak = torch.cuda.max_memory_allocated()
-    else:  # ru_maxrss is in KiB on Linux
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 \
-            - baseline
-    elapsed = time.perf_counter() - start
-    return args.batch_size * args.iters / elapsed, peak
+    calls, peak = timed(step, args.warmup, args.iters, device)
+    return calls * args.batch_size, peak
 
 
 def main():
     args = parse_args()
-    context = mp.get_context('spawn')
     print(f'{args.arch}, batch {args.batch_size}, {args.img_size}px, '
           f'{args.device}, {args.iters} timed iterations')
     for mode in ('inference', 'train step'):
-        rows = {}
-        for method in METHODS:
-            with context.Pool(1, maxtasksperchild=1) as pool:
-                rows[method] = pool.apply(measure, (method, mode, args))
-        base_speed, base_mem = rows['default']
         print(f'\n{mode}:')
-        print(f"  {'method':<8} {'images/s':>9} {'x Default':>9} "
-              f"{'peak MiB':>9} {'x Default':>9}")
-        for method, (speed, mem) in rows.items():
-            print(f'  {method:<8} {speed:9.1f} {speed / base_speed:9.3f} '
-                  f'{mem / 2**20:9.1f} {mem / base_mem:9.3f}')
+        print_ratio_table(
+            {m: in_fresh_process(measure, m, mode, args) for m in METHODS},
+            'default')
 
 
 if __name__ == '__main__':

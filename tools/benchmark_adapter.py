@@ -8,11 +8,11 @@ ratios are against Default / the pure path measured in the same run.
         [--attention window] [--device cuda]
 """
 import argparse
-import multiprocessing as mp
-import resource
-import time
 
 import torch
+
+from mmmpvg.utils.benchmarking import (in_fresh_process, print_ratio_table,
+                                       timed)
 
 METHODS = ('default', 'lape', 'pvg', 'mpvg')
 
@@ -32,31 +32,6 @@ def parse_args():
     parser.add_argument(
         '--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     return parser.parse_args()
-
-
-def current_rss_bytes():
-    with open('/proc/self/statm') as f:
-        return int(f.read().split()[1]) * resource.getpagesize()
-
-
-def timed(step, args, device):
-    """(calls/s, peak bytes) of ``step`` after warm-up."""
-    baseline = current_rss_bytes()
-    for _ in range(args.warmup):
-        step()
-    if device.type == 'cuda':
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
-    for _ in range(args.iters):
-        step()
-    if device.type == 'cuda':
-        torch.cuda.synchronize()
-        peak = torch.cuda.max_memory_allocated()
-    else:  # ru_maxrss is in KiB on Linux
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 \
-            - baseline
-    return args.iters / (time.perf_counter() - start), peak
 
 
 def measure_adapter(method, mode, args):
@@ -87,7 +62,7 @@ def measure_adapter(method, mode, args):
             optimizer.step()
 
     model.train(mode == 'train step')
-    calls, peak = timed(step, args, device)
+    calls, peak = timed(step, args.warmup, args.iters, device)
     return calls * args.batch_size, peak
 
 
@@ -117,22 +92,8 @@ def measure_msda(backend, args):
                                                weights, backend=backend)
         out.sum().backward()
 
-    calls, peak = timed(step, args, device)
+    calls, peak = timed(step, args.warmup, args.iters, device)
     return calls * args.batch_size, peak
-
-
-def run(fn, *fn_args):
-    with mp.get_context('spawn').Pool(1, maxtasksperchild=1) as pool:
-        return pool.apply(fn, fn_args)
-
-
-def table(rows, base):
-    base_speed, base_mem = rows[base]
-    print(f"  {'':<10} {'images/s':>9} {'x ' + base:>10} {'peak MiB':>9} "
-          f"{'x ' + base:>10}")
-    for name, (speed, mem) in rows.items():
-        print(f'  {name:<10} {speed:9.2f} {speed / base_speed:10.3f} '
-              f'{mem / 2**20:9.1f} {mem / max(base_mem, 1):10.3f}')
 
 
 def main():
@@ -142,16 +103,16 @@ def main():
           f'{args.device}, {args.iters} timed iterations')
     for mode in ('inference', 'train step'):
         print(f'\n{mode}:')
-        table({m: run(measure_adapter, m, mode, args) for m in METHODS},
+        print_ratio_table({m: in_fresh_process(measure_adapter, m, mode, args) for m in METHODS},
               'default')
 
     print('\nmulti-scale deformable attention, forward + backward '
           f'(injector at {args.img_size}px):')
     from mmmpvg.adapter.ms_deform_attn import compiled_op_available
-    rows = {'pytorch': run(measure_msda, 'pytorch', args)}
+    rows = {'pytorch': in_fresh_process(measure_msda, 'pytorch', args)}
     if compiled_op_available(torch.device(args.device)):
-        rows['compiled'] = run(measure_msda, 'compiled', args)
-    table(rows, 'pytorch')
+        rows['compiled'] = in_fresh_process(measure_msda, 'compiled', args)
+    print_ratio_table(rows, 'pytorch')
     if 'compiled' not in rows:
         print(f'  compiled: absent on {args.device} (mmcv has no CPU kernel '
               'for multi-scale deformable attention; needs CUDA and a CUDA '
