@@ -6,8 +6,20 @@ import uuid
 
 import pytest
 import torch
+from mmengine.registry import DefaultScope
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def isolated_default_scope():
+    """Keep mmengine's default scope per test: a Runner leaves its scope
+    (e.g. mmpretrain) current for the whole process, and registries then
+    build from that scope's registry, where mmdet/mmseg modules are absent."""
+    saved = dict(DefaultScope._instance_dict)
+    yield
+    DefaultScope._instance_dict.clear()
+    DefaultScope._instance_dict.update(saved)
 
 
 @pytest.fixture(scope='session')
