@@ -13,10 +13,12 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 @pytest.fixture(autouse=True)
 def isolated_default_scope():
-    """Keep mmengine's default scope per test: a Runner leaves its scope
-    (e.g. mmpretrain) current for the whole process, and registries then
-    build from that scope's registry, where mmdet/mmseg modules are absent."""
+    """Start each test with no mmengine default scope: a Runner (or a config
+    loaded by a module fixture) leaves its scope, e.g. mmpretrain, current
+    for the whole process, and registries then build from that scope's
+    registry, where mmdet/mmseg modules are absent."""
     saved = dict(DefaultScope._instance_dict)
+    DefaultScope._instance_dict.clear()
     yield
     DefaultScope._instance_dict.clear()
     DefaultScope._instance_dict.update(saved)
