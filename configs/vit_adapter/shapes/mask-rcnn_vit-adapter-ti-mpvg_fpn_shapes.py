@@ -1,7 +1,7 @@
 # The COCO 3x+MS recipe scaled down for a CPU demo on generated shapes
 # (python tools/make_shapes_data.py coco data/shapes_coco): same model and
 # augmentation branches at 1/5 scale, BN instead of SyncBN, no pre-trained
-# DeiT, fewer proposals, 12 epochs.
+# DeiT, fewer proposals, 6 epochs.
 _base_ = '../mask-rcnn_vit-adapter-ti-mpvg_fpn_8xb1-ms-3x_coco.py'
 
 data_root = 'data/shapes_coco/'
@@ -61,13 +61,13 @@ val_evaluator = dict(ann_file=data_root + 'annotations/val.json')
 test_evaluator = val_evaluator
 
 optim_wrapper = dict(optimizer=dict(lr=4e-4))
-max_epochs = 12
+max_epochs = 6
 train_cfg = dict(max_epochs=max_epochs, val_interval=max_epochs)
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.001, by_epoch=False, begin=0,
          end=30),
     dict(type='MultiStepLR', begin=0, end=max_epochs, by_epoch=True,
-         milestones=[9, 11], gamma=0.1),
+         milestones=[4, 5], gamma=0.1),
 ]
 default_hooks = dict(
     logger=dict(interval=10), checkpoint=dict(interval=max_epochs))
