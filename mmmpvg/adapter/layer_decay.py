@@ -39,7 +39,7 @@ class BackboneLayerDecayOptimWrapperConstructor(
         if get_layer_depth is None and not hasattr(module, 'get_layer_depth'):
             backbone = getattr(module, 'backbone', None)
             if not hasattr(backbone, 'get_layer_depth'):
-                raise NotImplementedError(
+                raise TypeError(
                     f'Layer-wise lr decay needs {type(module).__name__} or '
                     f'its backbone ({type(backbone).__name__}) to have '
                     '`get_layer_depth`.')
