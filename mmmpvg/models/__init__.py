@@ -1,9 +1,11 @@
 """Models registered in mmpretrain's registry (import via custom_imports)."""
-from .backbones import PETransformerLayer, PEVisionTransformer
+from .backbones import (PESwinBlock, PESwinTransformer, PETransformerLayer,
+                        PEVisionTransformer)
 from .position_embedding import (PE_METHODS, LayerwisePositionEmbedding,
-                                 PEPlan, resolve_pe_cfg)
+                                 PEPlan, add_pe, resolve_pe_cfg)
 
 __all__ = [
-    'PEVisionTransformer', 'PETransformerLayer', 'LayerwisePositionEmbedding',
-    'PEPlan', 'PE_METHODS', 'resolve_pe_cfg'
+    'PEVisionTransformer', 'PETransformerLayer', 'PESwinTransformer',
+    'PESwinBlock', 'LayerwisePositionEmbedding', 'PEPlan', 'PE_METHODS',
+    'add_pe', 'resolve_pe_cfg'
 ]

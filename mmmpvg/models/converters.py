@@ -1,9 +1,14 @@
-"""Convert timm / official DeiT / official LaPE weights to PEVisionTransformer.
+"""Convert timm / official weights to the mmmpvg backbones.
 
-Only names change, except where the target structure has no place for a
-tensor: a class-token checkpoint loaded into a GAP model loses its class
-token and the class row of ``pos_embed``; a LaPE checkpoint loaded into
-PVG/MPVG loses layer 0's PE norm. Every such change is reported.
+DeiT (timm / official DeiT / official LaPE -> PEVisionTransformer): only
+names change, except where the target structure has no place for a tensor:
+a class-token checkpoint loaded into a GAP model loses its class token and
+the class row of ``pos_embed``; a LaPE checkpoint loaded into PVG/MPVG loses
+layer 0's PE norm. Every such change is reported.
+
+Swin (timm / official microsoft Swin -> PESwinTransformer, i.e. mmpretrain's
+Swin names): names change, and each PatchMerging's 4C channels are reordered
+from the 2x2 concatenation (x0, x1, x2, x3) to mmcv's ``nn.Unfold`` order.
 """
 import math
 import re
@@ -11,6 +16,7 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
+from .backbones.pe_swin_transformer import PESwinTransformer
 from .position_embedding import resolve_pe_cfg
 
 # timm / DeiT name -> PEVisionTransformer name (within the backbone)
@@ -111,6 +117,127 @@ def convert_deit_state_dict(
     if missing_pe:
         notes.append(f"PE norms of layers {missing_pe} are new in method "
                      f"{knobs['method']!r}: left at initialisation")
+    if knobs['last_norm_pos'] is not None:
+        notes.append('pe.last_pos_norm (PE term of the Last LN) is new: '
+                     'left at initialisation')
+    return converted, notes
+
+
+# timm / official Swin name -> PESwinTransformer name (within the backbone)
+_SWIN_RENAMES = [
+    (r'^patch_embed\.proj\.', 'patch_embed.projection.'),
+    (r'^patch_embed\.norm\.', 'patch_embed.norm.'),
+    (r'^absolute_pos_embed$', 'absolute_pos_embed'),
+    (r'^layers\.(\d+)\.blocks\.(\d+)\.(norm[12])\.',
+     r'stages.\1.blocks.\2.\3.'),
+    (r'^layers\.(\d+)\.blocks\.(\d+)\.attn\.', r'stages.\1.blocks.\2.attn.w_msa.'),
+    (r'^layers\.(\d+)\.blocks\.(\d+)\.mlp\.fc1\.',
+     r'stages.\1.blocks.\2.ffn.layers.0.0.'),
+    (r'^layers\.(\d+)\.blocks\.(\d+)\.mlp\.fc2\.',
+     r'stages.\1.blocks.\2.ffn.layers.1.'),
+]
+
+
+def _unfold_order(merged: torch.Tensor) -> torch.Tensor:
+    """PatchMerging's input channels from (x0, x1, x2, x3) x C to mmcv's
+    C x (top-left, top-right, bottom-left, bottom-right) order.
+
+    x0..x3 are the (row, col) offsets (0,0), (1,0), (0,1), (1,1).
+    """
+    rows = merged.shape[0] if merged.dim() == 2 else 1
+    parts = merged.reshape(rows, 4, -1)[:, [0, 2, 1, 3]]
+    return parts.transpose(1, 2).reshape(merged.shape)
+
+
+def window_relative_position_index(window: int) -> torch.Tensor:
+    """The official Swin (Wh*Ww, Wh*Ww) index into the relative bias table."""
+    coords = torch.stack(torch.meshgrid(torch.arange(window),
+                                        torch.arange(window), indexing='ij'))
+    coords = coords.flatten(1)
+    relative = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0)
+    relative = relative + (window - 1)
+    return relative[..., 0] * (2 * window - 1) + relative[..., 1]
+
+
+def convert_swin_state_dict(
+        state_dict: Dict[str, torch.Tensor],
+        pe_cfg: Optional[dict],
+        head_key: str = 'head.fc',
+) -> Tuple[Dict[str, torch.Tensor], List[str]]:
+    """Map a timm / official Swin ``state_dict`` onto an mmpretrain classifier
+    with a :class:`PESwinTransformer` backbone.
+
+    timm puts stage s's PatchMerging at the start of stage s + 1
+    (``layers.{s+1}.downsample``) and names the classifier ``head.fc``; the
+    official code keeps it at the end of stage s (``layers.{s}.downsample``)
+    and names it ``head``. Both are recognised. Attention masks are dropped
+    (mmpretrain builds them per input); ``relative_position_index`` is taken
+    from the checkpoint, or written from the official definition where timm
+    left it out.
+
+    Returns:
+        The converted state dict (``backbone.*`` and ``head_key.*``) and the
+        notes on what was dropped or left at initialisation.
+    """
+    notes = []
+    depths = {}
+    for key in state_dict:
+        if (m := re.match(r'layers\.(\d+)\.blocks\.(\d+)\.', key)):
+            stage, block = int(m.group(1)), int(m.group(2))
+            depths[stage] = max(depths.get(stage, 0), block + 1)
+    if not depths:
+        raise KeyError('No layers.<s>.blocks.<b> keys: not a timm/official '
+                       'Swin checkpoint?')
+    num_stages = len(depths)
+    official = 'layers.0.downsample.reduction.weight' in state_dict
+    knobs = resolve_pe_cfg(pe_cfg, sum(depths.values()), False,
+                           PESwinTransformer.PE_PRESET_OVERRIDES)
+
+    converted = {}
+    for key, value in state_dict.items():
+        if key.endswith('attn_mask'):
+            continue
+        if key.startswith('head.'):
+            suffix = key[len('head.fc'):] if key.startswith('head.fc.') \
+                else key[len('head'):]
+            converted[head_key + suffix] = value
+            continue
+        if key.startswith('norm.'):
+            converted[f'backbone.norm{num_stages - 1}.' +
+                      key[len('norm.'):]] = value
+            continue
+        if (m := re.match(r'layers\.(\d+)\.downsample\.(norm|reduction)\.'
+                          r'(weight|bias)$', key)):
+            stage = int(m.group(1)) - (0 if official else 1)
+            converted[f'backbone.stages.{stage}.downsample.{m.group(2)}.'
+                      f'{m.group(3)}'] = _unfold_order(value)
+            continue
+        for pattern, replacement in _SWIN_RENAMES:
+            new_key, hits = re.subn(pattern, replacement, key)
+            if hits:
+                converted['backbone.' + new_key] = value
+                break
+        else:
+            raise KeyError(f'Unexpected key {key!r}: not a timm/official '
+                           'Swin checkpoint?')
+
+    for stage, depth in depths.items():
+        for block in range(depth):
+            prefix = f'backbone.stages.{stage}.blocks.{block}.attn.w_msa.'
+            if prefix + 'relative_position_index' in converted:
+                continue
+            table = converted[prefix + 'relative_position_bias_table']
+            window = (math.isqrt(table.shape[0]) + 1) // 2
+            converted[prefix + 'relative_position_index'] = \
+                window_relative_position_index(window)
+    if 'backbone.absolute_pos_embed' not in converted:
+        notes.append('absolute_pos_embed is not in the checkpoint (timm '
+                     'builds Swin without it): left at initialisation')
+    if knobs['layerwise']:
+        first = 0 if knobs['include_layer0'] else 1
+        notes.append(f'PE norms of layers {first}..{sum(depths.values()) - 1}'
+                     f" are new in method {knobs['method']!r}: left at "
+                     'initialisation')
     if knobs['last_norm_pos'] is not None:
         notes.append('pe.last_pos_norm (PE term of the Last LN) is new: '
                      'left at initialisation')

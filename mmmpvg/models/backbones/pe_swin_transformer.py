@@ -1,0 +1,161 @@
+"""Swin Transformer whose position embedding method is a switch (Table 1).
+
+A thin subclass of mmpretrain's :class:`SwinTransformer` with its parameter
+names, so mmpretrain Swin checkpoints load. Default is Swin-T with the
+absolute PE (``use_abs_pos_embed=True``, Swin's ``ape``); the relative
+position bias stays in every method. The layer-wise methods add
+``LN'_l(pos_l)`` to ``norm1(x)`` of each of the blocks (``l`` counts blocks
+across stages), i.e. before the window shift and partition, so every
+window sees the PE of its own tokens. The PE exists only at the first
+stage's grid and reaches later stages through the *same* PatchMerging
+modules as the tokens (no parameters of its own: the only structure that
+gives Table 1's counts). MPVG's ``LN''`` (Eq. 11) works on ``pos_0`` carried
+to the last stage's grid and width, added to the last stage's norm output
+before global average pooling.
+"""
+from typing import Optional, Sequence
+
+import torch
+import torch.utils.checkpoint as cp
+from mmpretrain.models.backbones.swin_transformer import (SwinBlock,
+                                                          SwinTransformer)
+from mmpretrain.registry import MODELS
+
+from ..position_embedding import LayerwisePositionEmbedding, add_pe
+
+
+class PESwinBlock(SwinBlock):
+    """Swin block with ``attn(norm1(x) + pe)``; no parameters of its own."""
+
+    def forward(self, x: torch.Tensor, hw_shape,
+                pe: Optional[torch.Tensor] = None) -> torch.Tensor:
+
+        def _inner_forward(x, pe):
+            # ShiftWindowMSA shifts and partitions its input, so a PE added
+            # here is shifted and windowed together with its tokens.
+            x = x + self.attn(add_pe(self.norm1(x), pe), hw_shape)
+            return self.ffn(self.norm2(x), identity=x)
+
+        if self.with_cp and x.requires_grad:
+            return cp.checkpoint(_inner_forward, x, pe, use_reentrant=False)
+        return _inner_forward(x, pe)
+
+
+@MODELS.register_module()
+class PESwinTransformer(SwinTransformer):
+    """Swin Transformer with Default / LaPE / PVG / MPVG position embedding.
+
+    Args:
+        pe_cfg (dict): ``dict(method='default'|'lape'|'pvg'|'mpvg', **knobs)``,
+            see :mod:`mmmpvg.models.position_embedding`. For Swin the paper
+            gives PVG and MPVG a PE LayerNorm in layer 0 as well.
+        pe_norm_cfg (dict): Config of the PE LayerNorms (Swin's LN, eps 1e-5).
+        use_abs_pos_embed (bool): Must stay True: ``absolute_pos_embed`` is
+            the PE every method uses.
+        **kwargs: :class:`mmpretrain.models.SwinTransformer` arguments
+            (``arch``, ``img_size``, ``out_indices``, ``drop_path_rate``...).
+    """
+    PE_PRESET_OVERRIDES = dict(pvg=dict(include_layer0=True),
+                               mpvg=dict(include_layer0=True))
+
+    def __init__(self,
+                 pe_cfg: Optional[dict] = None,
+                 pe_norm_cfg: dict = dict(type='LN'),
+                 use_abs_pos_embed: bool = True,
+                 **kwargs):
+        if not use_abs_pos_embed:
+            raise ValueError(
+                'PESwinTransformer needs use_abs_pos_embed=True: its '
+                '`absolute_pos_embed` is pos_0 of every PE method (use '
+                "mmpretrain's SwinTransformer for a Swin without it).")
+        super().__init__(use_abs_pos_embed=True, **kwargs)
+        # mmpretrain builds SwinBlock by name; PESwinBlock only changes
+        # forward, so retyping keeps parameters, names and initialisation.
+        for stage in self.stages:
+            for block in stage.blocks:
+                block.__class__ = PESwinBlock
+        stage_dims = [stage.embed_dims for stage in self.stages]
+        self.pe = LayerwisePositionEmbedding(
+            grid_size=self.patch_resolution,
+            embed_dims=self.embed_dims,
+            num_layers=sum(self.depths),
+            pe_cfg=pe_cfg,
+            norm_cfg=pe_norm_cfg,
+            stage_depths=self.depths,
+            stage_dims=stage_dims,
+            pos_source='external',
+            preset_overrides=self.PE_PRESET_OVERRIDES,
+            interpolate_mode=self.interpolate_mode)
+        last_stage = len(self.stages) - 1
+        if self.pe.last_pos_norm is not None and \
+                last_stage not in self.out_indices:
+            raise ValueError(
+                f'`last_norm_pos` adds LN\'\'(pos) to the last stage\'s norm '
+                f'(norm{last_stage}, Eq. 11), but out_indices='
+                f'{tuple(self.out_indices)} does not output stage '
+                f'{last_stage}.')
+
+    def train(self, mode: bool = True):
+        # mmpretrain's Swin.train() returns None; nn.Module's contract (and
+        # ``model.eval()`` chains) expect the module itself.
+        super().train(mode)
+        return self
+
+    @property
+    def img_size(self):
+        """The training image size (h, w) the PE is stored for."""
+        return self.patch_embed.init_input_size
+
+    @property
+    def blocks(self) -> Sequence[PESwinBlock]:
+        """All blocks in order; ``blocks[l]`` receives ``plan.per_layer[l]``."""
+        return [block for stage in self.stages for block in stage.blocks]
+
+    @property
+    def downsamples(self):
+        """The stage-boundary PatchMerging modules, shared by the PE."""
+        return [stage.downsample for stage in self.stages[:-1]]
+
+    def forward(self, x: torch.Tensor):
+        x, hw_shape = self.patch_embed(x)
+        plan = self.pe(hw_shape, self.absolute_pos_embed, self.downsamples)
+        if plan.to_input is not None:
+            x = x + plan.to_input
+        x = self.drop_after_pos(x)
+
+        outs = []
+        layer = 0
+        last_stage = len(self.stages) - 1
+        for i, stage in enumerate(self.stages):
+            for block in stage.blocks:
+                x = block(x, hw_shape, plan.per_layer[layer])
+                layer += 1
+            if stage.downsample is not None and self.out_after_downsample:
+                x, hw_shape = stage.downsample(x, hw_shape)
+            if i in self.out_indices:
+                out = getattr(self, f'norm{i}')(x)
+                if i == last_stage and plan.to_last_norm is not None:
+                    out = out + plan.to_last_norm  # Eq. 11
+                outs.append(
+                    out.view(-1, *hw_shape, self.num_features[i]).permute(
+                        0, 3, 1, 2).contiguous())
+            if stage.downsample is not None and \
+                    not self.out_after_downsample:
+                x, hw_shape = stage.downsample(x, hw_shape)
+        return tuple(outs)
+
+    def get_layer_depth(self, param_name: str, prefix: str = ''):
+        """Layer depth for mmpretrain's layer-wise lr decay constructor.
+
+        As mmpretrain's Swin (stem 0, block l at l + 1, a PatchMerging with
+        its stage's last block, the rest last), plus the PE: ``pos_0`` is
+        part of the stem and ``LN'_l`` sits with the block it feeds.
+        """
+        depth, num_depths = super().get_layer_depth(param_name, prefix)
+        name = param_name[len(prefix):] if param_name.startswith(prefix) \
+            else None
+        if name == 'absolute_pos_embed':
+            return 0, num_depths
+        if name is not None and name.startswith('pe.layer_norms.'):
+            return int(name.split('.')[2]) + 1, num_depths
+        return depth, num_depths
