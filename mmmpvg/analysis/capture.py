@@ -1,11 +1,13 @@
-"""Record what a :class:`PEVisionTransformer` computes, through hooks only.
+"""Record what a PE backbone computes, through hooks only.
 
 The analysis never re-runs the transformer by hand: hooks on the backbone's
 own modules see the tensors as the model's forward passes them along, so
 whatever a checkpoint (or a wrapper such as an adapter) does is what gets
 measured.
 
-Hooked boundaries (``l`` counts layers from 0, as ``backbone.layers[l]``):
+Hooked boundaries (``l`` counts layers from 0, as ``backbone.layers[l]``;
+for :class:`PESwinTransformer` layer ``l`` is ``backbone.blocks[l]``, the
+blocks of all stages in order, and its ``ln1`` is the block's ``norm1``):
 
 * ``pe`` (output): the :class:`PEPlan` of the pass and the patch grid.
 * ``layers[l]`` (forward-pre, with kwargs): ``x_l``, the residual stream
@@ -14,7 +16,11 @@ Hooked boundaries (``l`` counts layers from 0, as ``backbone.layers[l]``):
   PE at the attention input ``attn(LN_l(x_l) + pe_l)``.
 * ``last_norm`` (input and output): ``x_out``, the output of the last layer,
   and ``LN(x_out)``; ``None`` for a backbone without a Last LN (a
-  ViT-Adapter that does not use it).
+  ViT-Adapter that does not use it). Swin's is the last stage's norm.
+
+A staged backbone (Swin) has one token grid per stage; each layer's grid is
+recorded and :meth:`ForwardRecord.patch_grid` lays tokens out on the grid
+their number of tokens belongs to.
 
 Layers must run once per pass: window attention (a layer run per window)
 is refused rather than measured piecemeal.
@@ -25,7 +31,7 @@ from typing import List, NamedTuple, Optional, Tuple
 import torch
 import torch.nn as nn
 
-from ..models.backbones import PEVisionTransformer
+from ..models.backbones import PESwinTransformer, PEVisionTransformer
 from ..models.position_embedding import PEPlan
 
 
@@ -36,6 +42,7 @@ class ForwardRecord(NamedTuple):
     """
     plan: PEPlan
     grid_size: Tuple[int, int]
+    layer_grids: List[Tuple[int, int]]
     num_extra_tokens: int
     global_pool: str
     layer_inputs: List[torch.Tensor]
@@ -56,9 +63,18 @@ class ForwardRecord(NamedTuple):
         return pool_tokens(tokens, self.global_pool)
 
     def patch_grid(self, tokens: torch.Tensor) -> torch.Tensor:
-        """(B, N, C) tokens -> (B, h, w, C) patch tokens (class token out)."""
+        """(B, N, C) tokens -> (B, h, w, C) patch tokens (class token out).
+
+        The grid is the one (of the stages) with N patch tokens.
+        """
         patches = tokens[..., self.num_extra_tokens:, :]
-        return patches.reshape(*patches.shape[:-2], *self.grid_size,
+        count = patches.shape[-2]
+        grid = next((g for g in [self.grid_size, *self.layer_grids]
+                     if g[0] * g[1] == count), None)
+        if grid is None:
+            raise ValueError(f'{count} patch tokens fit no grid of this '
+                             'pass.')
+        return patches.reshape(*patches.shape[:-2], *grid,
                                patches.shape[-1])
 
 
@@ -78,15 +94,38 @@ def _detach(tensor: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
     return None if tensor is None else tensor.detach()
 
 
-def find_pe_backbone(model: nn.Module) -> PEVisionTransformer:
-    """The one :class:`PEVisionTransformer` inside ``model``."""
-    found = [m for m in model.modules() if isinstance(m, PEVisionTransformer)]
+PE_BACKBONES = (PEVisionTransformer, PESwinTransformer)
+
+
+def find_pe_backbone(model: nn.Module) -> nn.Module:
+    """The one PE backbone (:data:`PE_BACKBONES`) inside ``model``."""
+    found = [m for m in model.modules() if isinstance(m, PE_BACKBONES)]
     if len(found) != 1:
         raise ValueError(
-            f'Expected exactly one PEVisionTransformer in the model, found '
-            f'{len(found)} ({type(model).__name__}); the analysis tools '
-            'read the position embedding of mmmpvg backbones.')
+            f'Expected exactly one PEVisionTransformer or PESwinTransformer '
+            f'in the model, found {len(found)} ({type(model).__name__}); '
+            'the analysis tools read the position embedding of mmmpvg '
+            'backbones.')
     return found[0]
+
+
+def pe_layers(backbone: nn.Module) -> List[Tuple[nn.Module, nn.Module]]:
+    """(layer, the norm whose output meets the PE) for every layer."""
+    if isinstance(backbone, PESwinTransformer):
+        return [(block, block.norm1) for block in backbone.blocks]
+    return [(layer, layer.ln1) for layer in backbone.layers]
+
+
+def last_norm_of(backbone: nn.Module) -> Optional[nn.Module]:
+    """The Last LN (Swin: the last stage's norm, if it is an output)."""
+    if isinstance(backbone, PESwinTransformer):
+        return getattr(backbone, f'norm{len(backbone.stages) - 1}', None)
+    return backbone.last_norm
+
+
+def global_pool_of(backbone: nn.Module) -> str:
+    """How the classifier pools: Swin has no class token (GAP neck)."""
+    return getattr(backbone, 'global_pool', 'avg')
 
 
 class PECapture:
@@ -99,25 +138,28 @@ class PECapture:
             record = capture.pop()
     """
 
-    def __init__(self, backbone: PEVisionTransformer):
-        if not isinstance(backbone, PEVisionTransformer):
-            raise TypeError('PECapture needs a PEVisionTransformer, got '
+    def __init__(self, backbone: nn.Module):
+        if not isinstance(backbone, PE_BACKBONES):
+            raise TypeError('PECapture needs a PEVisionTransformer or '
+                            'PESwinTransformer, got '
                             f'{type(backbone).__name__}.')
         self.backbone = backbone
+        self.layers = pe_layers(backbone)
+        self.last_norm = last_norm_of(backbone)
         self._handles = []
         self._clear()
 
     def __enter__(self) -> 'PECapture':
         backbone = self.backbone
         self._handles.append(backbone.pe.register_forward_hook(self._on_pe))
-        for index, layer in enumerate(backbone.layers):
+        for index, (layer, ln1) in enumerate(self.layers):
             self._handles.append(layer.register_forward_pre_hook(
                 partial(self._on_layer, index), with_kwargs=True))
-            self._handles.append(layer.ln1.register_forward_hook(
+            self._handles.append(ln1.register_forward_hook(
                 partial(self._on_ln1, index)))
-        if backbone.last_norm is not None:
+        if self.last_norm is not None:
             self._handles.append(
-                backbone.last_norm.register_forward_hook(self._on_last_norm))
+                self.last_norm.register_forward_hook(self._on_last_norm))
         return self
 
     def __exit__(self, *exc_info):
@@ -126,7 +168,7 @@ class PECapture:
         self._handles.clear()
 
     def _clear(self):
-        num_layers = len(self.backbone.layers)
+        num_layers = len(self.layers)
         self._pe = None
         self._layers = [None] * num_layers
         self._ln1 = [None] * num_layers
@@ -148,15 +190,20 @@ class PECapture:
     def _on_layer(self, index, module, args, kwargs):
         self._check_unset(self._layers[index], f'layers[{index}]')
         x = args[0] if args else kwargs['x']
-        pe = args[1] if len(args) > 1 else kwargs.get('pe')
-        if self._pe is not None:
-            (h, w) = self._pe[1]
+        if isinstance(self.backbone, PESwinTransformer):  # (x, hw, pe)
+            grid = tuple(args[1] if len(args) > 1 else kwargs['hw_shape'])
+            pe = args[2] if len(args) > 2 else kwargs.get('pe')
+        else:  # (x, pe) on the patch grid
+            grid = self._pe[1] if self._pe is not None else None
+            pe = args[1] if len(args) > 1 else kwargs.get('pe')
+        if grid is not None:
+            (h, w) = grid
             tokens = h * w + self.backbone.num_extra_tokens
             if x.shape[-2] != tokens:
                 raise RuntimeError(
                     f'layers[{index}] got {x.shape[-2]} tokens, not the '
                     f'{tokens} of the {h}x{w} patch grid. {WINDOWS}')
-        self._layers[index] = (x.detach(), _detach(pe))
+        self._layers[index] = (x.detach(), _detach(pe), grid)
 
     def _on_ln1(self, index, module, args, output):
         self._check_unset(self._ln1[index], f'layers[{index}].ln1')
@@ -169,7 +216,7 @@ class PECapture:
     def pop(self) -> ForwardRecord:
         """The tensors of the pass since the last ``pop``; resets."""
         slots = {'pe': self._pe}
-        if self.backbone.last_norm is not None:
+        if self.last_norm is not None:
             slots['last_norm'] = self._last_norm
         slots.update((f'layers[{i}]', v) for i, v in enumerate(self._layers))
         slots.update((f'layers[{i}].ln1', v) for i, v in enumerate(self._ln1))
@@ -181,14 +228,16 @@ class PECapture:
         plan, grid_size = self._pe
         last_in, last_out = self._last_norm or (None, None)
         backbone = self.backbone
+        layer_grids = [grid or grid_size for _, _, grid in self._layers]
         record = ForwardRecord(
             plan=plan,
             grid_size=grid_size,
+            layer_grids=layer_grids,
             num_extra_tokens=backbone.num_extra_tokens,
-            global_pool=backbone.global_pool,
-            layer_inputs=[x for x, _ in self._layers],
+            global_pool=global_pool_of(backbone),
+            layer_inputs=[x for x, _, _ in self._layers],
             layer_ln1=list(self._ln1),
-            layer_pe=[pe for _, pe in self._layers],
+            layer_pe=[pe for _, pe, _ in self._layers],
             last_norm_input=last_in,
             last_norm_output=last_out)
         self._clear()

@@ -25,7 +25,6 @@ from mmengine.logging import MMLogger
 from mmengine.registry import MODELS, init_default_scope
 from mmengine.runner import CheckpointLoader, Runner
 
-from ..models.backbones import PEVisionTransformer
 from .capture import ForwardRecord, PECapture, find_pe_backbone
 from .statistics import PESummary, summarize
 
@@ -216,7 +215,7 @@ def iter_batches(model: nn.Module,
 
 def capture_records(
     model: nn.Module,
-    backbone: PEVisionTransformer,
+    backbone: nn.Module,
     batches: Iterator[Tuple[torch.Tensor, List[torch.Tensor]]]
 ) -> Iterator[Tuple[ForwardRecord, List[torch.Tensor]]]:
     """Run ``model.extract_feat`` on each batch; yield (record, raw images)."""

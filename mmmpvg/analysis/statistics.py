@@ -23,8 +23,10 @@ from typing import Iterable, List, NamedTuple, Optional
 
 import torch
 
-from ..models.backbones import PEVisionTransformer
-from .capture import ForwardRecord, pool_tokens
+from torch import nn
+
+from .capture import (ForwardRecord, global_pool_of, last_norm_of, pe_layers,
+                      pool_tokens)
 
 
 def pearson(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -145,10 +147,13 @@ class PESummary(NamedTuple):
         return self.last_norm
 
 
-def summarize(backbone: PEVisionTransformer,
+def summarize(backbone: nn.Module,
               records: Iterable[ForwardRecord]) -> PESummary:
-    """Average the captured passes of ``backbone`` over all their images."""
-    num_layers = len(backbone.layers)
+    """Average the captured passes of ``backbone`` over all their images.
+
+    Layers of a staged backbone (Swin) keep their own grid and width.
+    """
+    num_layers = len(pe_layers(backbone))
     ln1 = [_Mean() for _ in range(num_layers)]
     inputs = [_Mean() for _ in range(num_layers)]
     layer_r = [_Mean() for _ in range(num_layers)]
@@ -185,19 +190,20 @@ def summarize(backbone: PEVisionTransformer,
         raise ValueError('No images reached the model: nothing to average.')
     last_norm = None
     if before.count:
+        norm = last_norm_of(backbone)
         last_norm = LastNormSummary(
-            global_pool=backbone.global_pool,
+            global_pool=global_pool_of(backbone),
             before=before.mean(),
             after=after.mean(),
             pe=_squeeze(first.plan.to_last_norm),
             pearson_per_image=last_r.mean().item() if last_r.count else None,
             cosine_per_image=cos_out.mean().item(),
             cosine_ln_only_per_image=cos_ln.mean().item(),
-            gamma=backbone.last_norm.weight.detach().double().cpu(),
-            beta=backbone.last_norm.bias.detach().double().cpu())
+            gamma=norm.weight.detach().double().cpu(),
+            beta=norm.bias.detach().double().cpu())
     return PESummary(
         method=backbone.pe.method,
-        global_pool=backbone.global_pool,
+        global_pool=global_pool_of(backbone),
         num_extra_tokens=backbone.num_extra_tokens,
         grid_size=first.grid_size,
         num_images=ln1[0].count,

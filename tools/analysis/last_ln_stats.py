@@ -1,6 +1,7 @@
 """The Last LN's gamma and beta and what it does to the pooled token (Fig. 6).
 
-Tensors (backbone.last_norm, the LayerNorm after the last layer):
+Tensors (backbone.last_norm, the LayerNorm after the last layer; for Swin
+the last stage's norm, pooled by the GAP neck):
   gamma, beta   its affine weight and bias, one value per dim;
   var(beta)     population variance of beta over the dims (divide by C);
                 the paper reports 0.2387 (PVG) vs 0.0193 (MPVG), DeiT-Ti.

@@ -1,6 +1,7 @@
 """Per-layer correlation of token embedding and PE, several models (Fig. 4).
 
-For layer l (backbone.layers[l], counted from 0) the correlation is
+For layer l (backbone.layers[l], counted from 0; for Swin backbone.blocks[l]
+across all stages, each at its stage's grid and width) the correlation is
 
   r_l = Pearson( mean over images of LN_l(x_l),  pe_l )
 

@@ -3,7 +3,9 @@
 Every map is tokens (rows; class token first if any) x dims (columns).
 Columns of the figure: layer l = 0..L-1 (backbone.layers[l]), then "before"
 and "after" the Last LN (backbone.last_norm; left out for a backbone that
-does not run it, e.g. a ViT-Adapter without vit_last_norm).
+does not run it, e.g. a ViT-Adapter without vit_last_norm). For Swin, layer
+l is backbone.blocks[l] (all stages in order; each stage's maps have its own
+tokens x dims) and the Last LN is the last stage's norm.
 
 Top row, token embedding, averaged over the --num-images images:
   layer l          LN_l(x_l): the output of layers[l].ln1, the token term

@@ -2,7 +2,8 @@
 
 For each image (one row of the figure, no averaging), the L2 norm over the
 dims of every patch token, laid out on the patch grid h x w (14 x 14 for a
-224 input with 16-pixel patches) and stretched over the input image:
+224 input with 16-pixel patches; Swin: the last stage's grid, 7 x 7) and
+stretched over the input image:
   before Last LN   ||x_out||: the input of backbone.last_norm (output of the
                    last layer);
   after Last LN    ||LN(x_out)||: the output of last_norm;
