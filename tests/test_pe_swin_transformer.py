@@ -384,3 +384,30 @@ def test_tiny_classifier_trains_one_step(method):
     assert pe_grads and all(g is not None and g.abs().sum() > 0
                             for g in pe_grads)
     optimizer.step()
+
+
+def test_frozen_stages_freeze_their_pe_too():
+    model = build_tiny(pe_cfg=dict(method='mpvg'), frozen_stages=1)
+    model.train()
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    assert 'absolute_pos_embed' in frozen
+    assert {n for n in frozen if n.startswith('pe.')} == {
+        f'pe.layer_norms.{layer}.{w}' for layer in range(4)
+        for w in ('weight', 'bias')}
+    assert all(n.startswith(('patch_embed.', 'stages.0.', 'stages.1.',
+                             'absolute_pos_embed', 'pe.'))
+               for n in frozen)
+
+
+def test_mmdet_builds_it_as_a_multi_scale_backbone():
+    """Dense prediction: mmdet/mmseg configs name it by scope, the maps of
+    every stage come out, inputs of any size (padded windows) work."""
+    from mmdet.registry import MODELS as MMDET_MODELS
+    backbone = MMDET_MODELS.build(dict(
+        type='mmpretrain.PESwinTransformer', out_indices=(0, 1, 2, 3),
+        pad_small_map=True, pe_cfg=dict(method='mpvg'), **TINY))
+    backbone.eval()
+    with torch.no_grad():
+        outs = backbone(torch.randn(1, 3, 72, 90))
+    assert [tuple(o.shape) for o in outs] == [
+        (1, 16, 36, 45), (1, 32, 18, 23), (1, 64, 9, 12), (1, 128, 5, 6)]

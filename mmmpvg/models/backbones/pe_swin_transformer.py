@@ -95,6 +95,20 @@ class PESwinTransformer(SwinTransformer):
                 f'{tuple(self.out_indices)} does not output stage '
                 f'{last_stage}.')
 
+    def _freeze_stages(self):
+        """Also freeze the PE of frozen stages: ``pos_0`` with the stem (as
+        mmdet's Swin does) and each ``LN'_l`` with its block."""
+        super()._freeze_stages()
+        if self.frozen_stages < 0:
+            return
+        self.absolute_pos_embed.requires_grad = False
+        frozen_layers = sum(self.depths[:self.frozen_stages + 1])
+        for layer, norm in self.pe.layer_norms.items():
+            if int(layer) < frozen_layers:
+                norm.eval()
+                for param in norm.parameters():
+                    param.requires_grad = False
+
     def train(self, mode: bool = True):
         # mmpretrain's Swin.train() returns None; nn.Module's contract (and
         # ``model.eval()`` chains) expect the module itself.
