@@ -87,23 +87,23 @@ def test_metafile_lists_every_config_with_its_built_parameter_count():
 
 
 def test_config_recipe_is_the_official_swin_one():
+    """Spec §1.6: the official Swin-T schedule at batch 1024 (4 x 256)."""
     cfg = Config.fromfile(config_of('mpvg'))
     optim = cfg.optim_wrapper
-    assert optim.optimizer.lr * 1 == pytest.approx(1e-3)
-    assert optim.optimizer.weight_decay == 0.05
+    assert optim.optimizer.type == 'AdamW'
+    assert optim.optimizer.lr == pytest.approx(1e-3)
+    assert (optim.optimizer.weight_decay, optim.optimizer.eps) == (0.05, 1e-8)
     assert optim.clip_grad.max_norm == 5.0
-    assert cfg.train_dataloader.batch_size * 4 == 1024
+    assert cfg.train_dataloader.batch_size * 4 == cfg.auto_scale_lr[
+        'base_batch_size'] == 1024
     assert cfg.model.backbone.drop_path_rate == 0.2
-    assert cfg.model.backbone.get('use_abs_pos_embed', True)
+    assert cfg.model.head.loss.label_smooth_val == 0.1
     warmup, cosine = cfg.param_scheduler
     assert (warmup.end, cosine.begin, cosine.end) == (20, 20, 300)
-    assert warmup.start_factor * 1e-3 == pytest.approx(1e-6)
+    assert warmup.start_factor * optim.optimizer.lr == pytest.approx(1e-6)
     assert cosine.eta_min == 1e-5
-    # No weight decay on 1-D parameters, the PE and the relative bias.
-    paramwise = optim.paramwise_cfg
-    assert paramwise.flat_decay_mult == paramwise.norm_decay_mult == 0
-    for key in ('.absolute_pos_embed', '.relative_position_bias_table'):
-        assert paramwise.custom_keys[key].decay_mult == 0
+    assert warmup.convert_to_iter_based and cosine.convert_to_iter_based
+    assert cfg.train_cfg.max_epochs == 300
 
 
 def test_default_with_zeroed_ape_gives_timm_swin_tiny_logits():
@@ -367,11 +367,7 @@ def test_layer_depths_for_layer_decay():
 
 @pytest.mark.parametrize('method', sorted(PE_METHODS))
 def test_tiny_classifier_trains_one_step(method):
-    cfg = Config.fromfile(config_of(method))
-    cfg.model.backbone.update(TINY)
-    cfg.model.head.update(num_classes=5, in_channels=128)
-    cfg.model.train_cfg = None
-    model = MODELS.build(cfg.model)
+    _, model = tiny_classifier(method)
     model.init_weights()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     images = torch.randn(2, 3, 64, 64)
@@ -411,3 +407,53 @@ def test_mmdet_builds_it_as_a_multi_scale_backbone():
         outs = backbone(torch.randn(1, 3, 72, 90))
     assert [tuple(o.shape) for o in outs] == [
         (1, 16, 36, 45), (1, 32, 18, 23), (1, 64, 9, 12), (1, 128, 5, 6)]
+
+
+def optimizer_groups(model, optim_wrapper_cfg):
+    from mmengine.optim import build_optim_wrapper
+    from mmengine.registry import DefaultScope
+    with DefaultScope.overwrite_default_scope('mmpretrain'):
+        wrapper = build_optim_wrapper(model, optim_wrapper_cfg)
+    names = {id(p): n for n, p in model.named_parameters()}
+    return {names[id(p)]: group for group in wrapper.optimizer.param_groups
+            for p in group['params']}
+
+
+def tiny_classifier(method):
+    cfg = Config.fromfile(config_of(method))
+    cfg.model.backbone.update(TINY)
+    cfg.model.head.update(num_classes=5, in_channels=128)
+    cfg.model.train_cfg = None
+    return cfg, MODELS.build(cfg.model)
+
+
+def test_no_weight_decay_on_1d_params_the_pe_and_the_relative_bias():
+    cfg, model = tiny_classifier('mpvg')
+    groups = optimizer_groups(model, cfg.optim_wrapper)
+    assert len(groups) == len(list(model.parameters()))
+    for name, group in groups.items():
+        param = model.get_parameter(name)
+        no_decay = param.dim() == 1 or name.endswith(
+            ('absolute_pos_embed', 'relative_position_bias_table'))
+        assert group['weight_decay'] == (0 if no_decay else 0.05), name
+    assert groups['backbone.pe.layer_norms.0.weight']['weight_decay'] == 0
+    assert groups['backbone.pe.last_pos_norm.bias']['weight_decay'] == 0
+
+
+def test_layer_wise_lr_decay_puts_pe_norms_with_their_blocks():
+    cfg, model = tiny_classifier('mpvg')
+    optim = cfg.optim_wrapper
+    optim.constructor = 'LearningRateDecayOptimWrapperConstructor'
+    optim.paramwise_cfg.layer_decay_rate = 0.5
+    groups = optimizer_groups(model, optim)
+    scale = {name: g['lr_scale'] for name, g in groups.items()}
+    b = 'backbone.'
+    assert scale[b + 'absolute_pos_embed'] == scale[
+        b + 'patch_embed.projection.weight'] == 0.5 ** 9
+    for layer, (s, k) in enumerate([(0, 0), (0, 1), (1, 0), (1, 1),
+                                    (2, 0), (2, 1), (3, 0), (3, 1)]):
+        block = scale[f'{b}stages.{s}.blocks.{k}.norm1.weight']
+        assert block == 0.5 ** (8 - layer)
+        assert scale[f'{b}pe.layer_norms.{layer}.weight'] == block
+    assert scale[b + 'pe.last_pos_norm.weight'] == scale[
+        'head.fc.weight'] == 1.0
