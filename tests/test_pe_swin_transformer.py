@@ -1,4 +1,4 @@
-"""PESwinTransformer: Table 1 counts, timm/mmpretrain equivalence, PE wiring."""
+"""PESwinTransformer: Table 1 counts, timm/mmpretrain equivalence, PE use."""
 import glob
 import os.path as osp
 

@@ -122,7 +122,7 @@ class PESwinTransformer(SwinTransformer):
 
     @property
     def blocks(self) -> Sequence[PESwinBlock]:
-        """All blocks in order; ``blocks[l]`` receives ``plan.per_layer[l]``."""
+        """All blocks in order: ``blocks[l]`` gets ``plan.per_layer[l]``."""
         return [block for stage in self.stages for block in stage.blocks]
 
     @property
