@@ -168,6 +168,24 @@ def test_default_is_mmpretrain_swin_with_absolute_pe():
         torch.testing.assert_close(a, b)
 
 
+def test_old_mmpretrain_swin_checkpoints_are_upgraded_as_upstream():
+    """Pre-v2 checkpoints name the last norm ``norm`` and store masks."""
+    upstream = SwinTransformer(use_abs_pos_embed=True, **TINY)
+    randomised(upstream)
+    old = {k.replace('norm3.', 'norm.'): v
+           for k, v in upstream.state_dict().items()}
+    old['stages.0.blocks.1.attn.attn_mask'] = torch.zeros(4, 16, 16)
+    classifier_keys = {'backbone.' + k: v for k, v in old.items()}
+    ours = build_tiny()
+    ours.load_state_dict(old, strict=True)  # a plain dict: no version
+    torch.testing.assert_close(ours.norm3.weight, upstream.norm3.weight)
+    wrapped = torch.nn.Module()
+    wrapped.backbone = build_tiny()
+    wrapped.load_state_dict(classifier_keys, strict=True)
+    torch.testing.assert_close(wrapped.backbone.norm3.bias,
+                               upstream.norm3.bias)
+
+
 def reference_forward(model, images, pos0=None):
     """Spec §1.2's pseudo-code, written out with the model's modules."""
     pe = model.pe

@@ -95,6 +95,25 @@ class PESwinTransformer(SwinTransformer):
                 f'{tuple(self.out_indices)} does not output stage '
                 f'{last_stage}.')
 
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata,
+                              *args, **kwargs):
+        # mmpretrain upgrades old Swin checkpoints (final norm saved as
+        # ``norm``, stored attention masks) only for its own class; this
+        # subclass has the same names, so it needs the same upgrade.
+        version = local_metadata.get('version')
+        if version is None or version < 3:
+            last_norm = f'norm{len(self.stages) - 1}.'
+            for key in [k for k in state_dict if k.startswith(prefix)]:
+                name = key[len(prefix):]
+                if (version is None or version < 2) and \
+                        name.startswith('norm.'):
+                    state_dict[prefix + last_norm + name[len('norm.'):]] = \
+                        state_dict.pop(key)
+                elif 'attn_mask' in name:
+                    del state_dict[key]
+        super()._load_from_state_dict(state_dict, prefix, local_metadata,
+                                      *args, **kwargs)
+
     def _freeze_stages(self):
         """Also freeze the PE of frozen stages: ``pos_0`` with the stem (as
         mmdet's Swin does) and each ``LN'_l`` with its block."""
