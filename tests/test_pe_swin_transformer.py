@@ -475,3 +475,30 @@ def test_layer_wise_lr_decay_puts_pe_norms_with_their_blocks():
         assert scale[f'{b}pe.layer_norms.{layer}.weight'] == block
     assert scale[b + 'pe.last_pos_norm.weight'] == scale[
         'head.fc.weight'] == 1.0
+
+
+def test_converter_script_writes_a_checkpoint_the_mpvg_model_loads(tmp_path):
+    import subprocess
+    import sys
+    reference = timm.create_model(
+        'swin_tiny_patch4_window7_224', pretrained=False, embed_dim=16,
+        depths=(2, 2, 2, 2), num_heads=(1, 2, 2, 4), window_size=4,
+        patch_size=2, img_size=64, num_classes=5)
+    src = tmp_path / 'timm_swin.pth'
+    torch.save({'model': randomised(reference).state_dict()}, src)
+    dst = tmp_path / 'mpvg.pth'
+    result = subprocess.run(
+        [sys.executable, 'tools/model_converters/swin_to_mmmpvg.py',
+         str(src), str(dst), '--pe-method', 'mpvg'],
+        cwd=REPO, capture_output=True, text=True, check=True)
+    assert 'PE norms of layers 0..7 are new' in result.stdout
+    assert 'absolute_pos_embed is not in the checkpoint' in result.stdout
+    converted = torch.load(dst, weights_only=True)['state_dict']
+    _, model = tiny_classifier('mpvg')
+    missing, unexpected = model.load_state_dict(converted, strict=False)
+    assert unexpected == []
+    assert sorted(missing) == sorted(
+        ['backbone.absolute_pos_embed'] +
+        [f'backbone.pe.layer_norms.{i}.{w}' for i in range(8)
+         for w in ('weight', 'bias')] +
+        [f'backbone.pe.last_pos_norm.{w}' for w in ('weight', 'bias')])
