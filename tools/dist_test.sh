@@ -12,7 +12,8 @@ NODE_RANK=${NODE_RANK:-0}
 PORT=${PORT:-29500}
 MASTER_ADDR=${MASTER_ADDR:-"127.0.0.1"}
 
-PYTHONPATH="$(dirname "$0")/..":$PYTHONPATH \
+export PYTHONPATH="$(dirname "$0")/..":$PYTHONPATH
+python -m mmmpvg.engine.launch_check "$GPUS" || exit 1
 python -m torch.distributed.run \
     --nnodes="$NNODES" \
     --node_rank="$NODE_RANK" \

@@ -64,7 +64,8 @@ def merge_args(cfg, args):
 def build_runner(args):
     """The Runner for ``args``, with CPU-distributed set-up done."""
     runner = build_config_runner(
-        merge_args(Config.fromfile(args.config), args))
+        merge_args(Config.fromfile(args.config), args),
+        require_all_weights=True)
     if args.out and args.out_item == 'pred':
         runner.test_evaluator.metrics.append(
             DumpResults(out_file_path=args.out))

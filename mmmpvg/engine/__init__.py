@@ -5,6 +5,8 @@ Importing this package (``import mmmpvg`` does) guards MMEngine's checkpoint
 loaders with the allow-list of types its checkpoints hold.
 """
 from .amp import CPUAmpOptimWrapper, enable_amp
+from .checkpoint_compat import (CheckpointCompatibilityHook,
+                                CheckpointMismatchError)
 from .checkpoint_hook import AtomicCheckpointHook, replace_atomically
 from .checkpoint_loading import (MMENGINE_CHECKPOINT_GLOBALS,
                                  UnsafeCheckpointError,
@@ -16,7 +18,8 @@ from .distributed import (cpu_distributed_env, init_cpu_process_group,
 install_checkpoint_allowlist()
 
 __all__ = [
-    'AtomicCheckpointHook', 'CPUAmpOptimWrapper',
+    'AtomicCheckpointHook', 'CheckpointCompatibilityHook',
+    'CheckpointMismatchError', 'CPUAmpOptimWrapper',
     'MMENGINE_CHECKPOINT_GLOBALS', 'UnsafeCheckpointError',
     'cpu_distributed_env', 'enable_amp', 'init_cpu_process_group',
     'install_checkpoint_allowlist', 'mmengine_checkpoint_globals',

@@ -9,12 +9,17 @@ own checkpoints.
 
 We allow exactly those types, only while one of MMEngine's checkpoint loaders
 runs, and turn any other pickled object into an :class:`UnsafeCheckpointError`
-that names the offending type and file.
+that names the offending type and file. The list follows how pickle writes
+them, not which checkpoints we happened to see: ``torch.save`` uses protocol
+2, where an ndarray's data is ``_codecs.encode(str, 'latin1')`` (allowed by
+torch) except for empty data, which is ``builtins.bytes()``.
 """
 import contextlib
 import functools
+import os.path as osp
 import pickle
 import re
+import zipfile
 
 import numpy as np
 import torch
@@ -22,7 +27,8 @@ from mmengine.logging import HistoryBuffer
 from mmengine.runner.checkpoint import CheckpointLoader
 
 __all__ = [
-    'MMENGINE_CHECKPOINT_GLOBALS', 'UnsafeCheckpointError',
+    'MMENGINE_CHECKPOINT_GLOBALS', 'NUMPY_DTYPE_CODES', 'UnsafeCheckpointError',
+    'DamagedCheckpointError', 'checkpoint_damage',
     'mmengine_checkpoint_globals', 'install_checkpoint_allowlist'
 ]
 
@@ -30,14 +36,35 @@ __all__ = [
 # by user code are functions defined elsewhere and stay refused.
 _HISTORY_BUFFER_STATISTICS = ('min', 'max', 'current', 'mean')
 
-# Numeric numpy dtypes (HistoryBuffer arrays, metric values such as
-# best_score); unpickling a dtype builds an instance of its class.
-_NUMPY_DTYPE_CODES = ('b1', 'i1', 'i2', 'i4', 'i8', 'u1', 'u2', 'u4', 'u8',
-                      'f2', 'f4', 'f8')
+# Every boolean and numeric numpy dtype (HistoryBuffer arrays, metric
+# values such as best_score); unpickling a dtype builds an instance of its
+# class. Object, string and void dtypes stay refused: they carry arbitrary
+# Python objects or layouts no MMEngine state needs.
+NUMPY_DTYPE_CODES = '?' + np.typecodes['AllInteger'] + np.typecodes['AllFloat']
 
 
 class UnsafeCheckpointError(pickle.UnpicklingError):
     """A checkpoint holds a pickled object outside the MMEngine allow-list."""
+
+
+class DamagedCheckpointError(RuntimeError):
+    """A checkpoint file is truncated or corrupt."""
+
+
+def checkpoint_damage(path: str):
+    """Why ``path`` is not a complete checkpoint, or None if it is.
+
+    ``torch.save`` writes a zip archive whose members carry CRCs, so a
+    truncated or corrupted file is found without unpickling it.
+    """
+    if not osp.isfile(path):
+        return 'the file does not exist'
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as error:
+        return f'not a complete torch checkpoint ({error})'
+    return f'member {bad} is corrupt' if bad else None
 
 
 def _history_buffer_statistic(owner, name):
@@ -52,7 +79,7 @@ def _history_buffer_statistic(owner, name):
 def _numpy_globals():
     multiarray = np._core.multiarray if hasattr(np, '_core') \
         else np.core.multiarray
-    dtype_classes = {type(np.dtype(code)) for code in _NUMPY_DTYPE_CODES}
+    dtype_classes = {type(np.dtype(code)) for code in NUMPY_DTYPE_CODES}
     allowed = [np.ndarray, np.dtype, *sorted(dtype_classes, key=str)]
     # numpy 2 pickles under numpy._core, numpy 1 under numpy.core: accept
     # checkpoints written with either.
@@ -65,6 +92,7 @@ def _numpy_globals():
 MMENGINE_CHECKPOINT_GLOBALS = [
     HistoryBuffer,
     (_history_buffer_statistic, 'builtins.getattr'),
+    bytes,  # the data of an empty ndarray under pickle protocol 2
     *_numpy_globals(),
 ]
 
@@ -127,6 +155,15 @@ def _refuse_foreign_objects(loader):
             except pickle.UnpicklingError as error:
                 raise UnsafeCheckpointError(
                     _refusal_message(filename, error)) from error
+            except (RuntimeError, EOFError, OSError) as error:
+                damage = checkpoint_damage(filename) \
+                    if osp.isfile(filename) else None
+                if damage is None:
+                    raise
+                raise DamagedCheckpointError(
+                    f'Cannot read checkpoint {filename}: {damage}. It was '
+                    'probably cut short while being written or copied; use '
+                    'an earlier checkpoint.') from error
 
     load.mmengine_allowlist = True
     return load

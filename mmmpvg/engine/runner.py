@@ -1,9 +1,14 @@
 """What tools/train.py and tools/test.py share: CLI overrides and the Runner."""
+import glob
 import os.path as osp
+import re
 
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
+from mmengine.runner.checkpoint import find_latest_checkpoint
 
+from .checkpoint_compat import CheckpointCompatibilityHook
+from .checkpoint_loading import checkpoint_damage
 from .distributed import setup_cpu_distributed
 
 
@@ -24,9 +29,121 @@ def apply_common_args(cfg, args):
     return cfg
 
 
-def build_runner(cfg):
-    """The config's Runner, with the CPU-distributed set-up done first."""
+def _saved_checkpoints(work_dir: str):
+    """``epoch_N.pth`` / ``iter_N.pth`` in ``work_dir``, newest first."""
+
+    def progress(path):
+        return int(re.search(r'_(\d+)\.pth$', path).group(1))
+
+    found = [p for p in glob.glob(osp.join(work_dir, '*.pth'))
+             if re.search(r'(^|/)(epoch|iter)_\d+\.pth$', p)]
+    return sorted(found, key=progress, reverse=True)
+
+
+def resolve_resume(cfg):
+    """Point ``--resume`` at a complete checkpoint, never a broken one.
+
+    With a named checkpoint, a damaged file is an error. Without one, the
+    latest checkpoint is used if complete; else the newest complete earlier
+    one, with a warning. If every checkpoint is damaged the run stops rather
+    than silently restarting from scratch.
+
+    Returns:
+        str | None: A warning to log when damaged checkpoints were skipped.
+    """
+    if not cfg.get('resume'):
+        return None
+    if cfg.get('load_from'):
+        damage = checkpoint_damage(cfg.load_from)
+        if damage:
+            raise RuntimeError(f'Cannot resume from {cfg.load_from}: {damage}.')
+        return None
+    latest = find_latest_checkpoint(cfg.work_dir)
+    candidates = ([latest] if latest else []) + [
+        p for p in _saved_checkpoints(cfg.work_dir) if p != latest]
+    if not candidates:
+        return None  # a first launch: nothing to resume yet
+    damaged = []
+    for path in candidates:
+        damage = checkpoint_damage(path)
+        if damage is None:
+            cfg.load_from = path
+            if damaged:
+                return (
+                    'Skipping damaged checkpoint(s) ' + '; '.join(
+                        f'{p} ({d})' for p, d in damaged) +
+                    f'; resuming from {path}, the newest complete one.')
+            return None
+        damaged.append((path, damage))
+    raise RuntimeError(
+        f'--resume: no complete checkpoint in {cfg.work_dir}: ' + '; '.join(
+            f'{p} ({d})' for p, d in damaged) + '. Refusing to restart from '
+        'scratch; delete them (or drop --resume) to start a new run.')
+
+
+def _data_roots(cfg, path):
+    """(config path, data_root) of a dataset config and nested ones."""
+    if isinstance(cfg, dict):
+        if cfg.get('data_root'):
+            yield path + '.data_root', cfg['data_root']
+        for key, value in cfg.items():
+            if key in ('dataset', 'datasets'):
+                yield from _data_roots(value, f'{path}.{key}')
+    elif isinstance(cfg, (list, tuple)):
+        for i, value in enumerate(cfg):
+            yield from _data_roots(value, f'{path}[{i}]')
+
+
+@RUNNERS.register_module()
+class CheckedRunner(Runner):
+    """MMEngine's Runner, with one clear error for a data set that is
+    missing or empty instead of a traceback from deep inside its loading.
+    """
+
+    @staticmethod
+    def build_dataloader(dataloader, seed=None, diff_rank_seed=False):
+        if not isinstance(dataloader, dict):
+            return Runner.build_dataloader(dataloader, seed, diff_rank_seed)
+        dataset = dataloader.get('dataset', {})
+        for where, root in _data_roots(dataset, 'dataset'):
+            if '://' not in str(root) and not osp.isdir(root):
+                raise FileNotFoundError(
+                    f'{where} {root!r} does not exist: point it at the data '
+                    f'set (--cfg-options ..._dataloader.{where}=PATH).')
+        described = f"data set {dataset.get('type', '?')}" + (
+            f" at {dataset['data_root']!r}" if dataset.get('data_root')
+            else '')
+        try:
+            loader = Runner.build_dataloader(dataloader, seed, diff_rank_seed)
+        except ValueError as error:
+            # mmengine's BaseDataset serialises its data list with
+            # np.concatenate, which fails this way on an empty list.
+            if 'need at least one array to concatenate' not in str(error):
+                raise
+            loader = None
+        if loader is None or len(loader.dataset) == 0:
+            raise ValueError(
+                f'The {described} is empty: no samples after loading its '
+                'annotations (check ann_file, data_prefix and filter_cfg).')
+        return loader
+
+
+def build_runner(cfg, require_all_weights: bool = False):
+    """The config's Runner, with the CPU-distributed set-up done first and
+    checkpoints checked against the model before they load.
+
+    Args:
+        require_all_weights (bool): The checkpoint must provide every model
+            weight (testing); otherwise weights it lacks keep their
+            initialisation (training from ``load_from``).
+    """
+    skipped_damaged = resolve_resume(cfg)
     setup_cpu_distributed(cfg)
     if 'runner_type' in cfg:
-        return RUNNERS.build(cfg)
-    return Runner.from_cfg(cfg)
+        runner = RUNNERS.build(cfg)
+    else:
+        runner = CheckedRunner.from_cfg(cfg)
+    runner.register_hook(CheckpointCompatibilityHook(require_all_weights))
+    if skipped_damaged:
+        runner.logger.warning(skipped_damaged)
+    return runner

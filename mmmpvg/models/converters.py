@@ -1,6 +1,10 @@
-"""Convert timm / official weights to the mmmpvg backbones.
+"""Convert timm / official / mmpretrain weights to the mmmpvg backbones.
 
-DeiT (timm / official DeiT / official LaPE -> PEVisionTransformer): only
+DeiT (timm / official DeiT / official LaPE / mmpretrain ->
+PEVisionTransformer): :func:`read_vit_checkpoint` reads any of those files
+(released weights or training checkpoints, with
+``torch.load(weights_only=True)``) into timm's names;
+:func:`convert_deit_state_dict` maps timm's names onto ours. Only
 names change, except where the target structure has no place for a tensor:
 a class-token checkpoint loaded into a GAP model loses its class token and
 the class row of ``pos_embed``; a LaPE checkpoint loaded into PVG/MPVG loses
@@ -10,8 +14,11 @@ Swin (timm / official microsoft Swin -> PESwinTransformer, i.e. mmpretrain's
 Swin names): names change, and each PatchMerging's 4C channels are reordered
 from the 2x2 concatenation (x0, x1, x2, x3) to mmcv's ``nn.Unfold`` order.
 """
+import argparse
 import math
+import pickle
 import re
+import zipfile
 from typing import Dict, List, Optional, Tuple
 
 import torch
@@ -33,6 +40,103 @@ _RENAMES = [
     (r'^cls_token$', 'cls_token'),
 ]
 _DISTILLATION_KEYS = ('dist_token', 'head_dist.weight', 'head_dist.bias')
+
+# mmpretrain VisionTransformer / mmmpvg PEVisionTransformer classifier name
+# -> timm name
+_FROM_MMPRETRAIN = [
+    (r'^backbone\.patch_embed\.projection\.', 'patch_embed.proj.'),
+    (r'^backbone\.layers\.(\d+)\.ln1\.', r'blocks.\1.norm1.'),
+    (r'^backbone\.layers\.(\d+)\.ln2\.', r'blocks.\1.norm2.'),
+    (r'^backbone\.layers\.(\d+)\.attn\.', r'blocks.\1.attn.'),
+    (r'^backbone\.layers\.(\d+)\.ffn\.layers\.0\.0\.', r'blocks.\1.mlp.fc1.'),
+    (r'^backbone\.layers\.(\d+)\.ffn\.layers\.1\.', r'blocks.\1.mlp.fc2.'),
+    (r'^backbone\.pe\.layer_norms\.(\d+)\.', r'blocks.\1.pe_norm.'),
+    (r'^backbone\.(ln1|last_norm)\.', 'norm.'),
+    (r'^backbone\.(pe\.)?pos_embed$', 'pos_embed'),
+    (r'^backbone\.(cls_token|dist_token)$', r'\1'),
+    (r'^head\.(layers\.head|fc)\.', 'head.'),
+]
+# What official DeiT / LaPE training checkpoints hold besides tensors.
+TRAINING_CHECKPOINT_GLOBALS = [argparse.Namespace]
+
+
+def _load_safely(path: str) -> dict:
+    from mmmpvg.engine.checkpoint_loading import mmengine_checkpoint_globals
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f'{path} is not a PyTorch checkpoint (torch.save '
+                         'writes a zip archive); expected timm, official '
+                         'DeiT/LaPE or mmpretrain weights.')
+    try:
+        with mmengine_checkpoint_globals(), \
+                torch.serialization.safe_globals(TRAINING_CHECKPOINT_GLOBALS):
+            checkpoint = torch.load(path, map_location='cpu',
+                                    weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise ValueError(
+            f'{path} holds pickled objects that neither timm, official '
+            'DeiT/LaPE nor mmpretrain checkpoints contain '
+            f'({str(error).splitlines()[0]}); refusing to unpickle them.'
+        ) from error
+    if not isinstance(checkpoint, dict):
+        raise ValueError(f'{path} holds a {type(checkpoint).__name__}, not '
+                         'a state dict or checkpoint dict.')
+    return checkpoint
+
+
+def read_vit_checkpoint(path: str,
+                        use_ema: bool = False) -> Tuple[dict, str]:
+    """Read a ViT/DeiT checkpoint of any known layout into timm's names.
+
+    Layouts: timm (bare state dict), official DeiT/LaPE (``model``, and in
+    training checkpoints ``model_ema``, ``optimizer``, ``args``, ...),
+    mmpretrain / mmmpvg (``state_dict`` with ``backbone.`` / ``head.``
+    keys, ``ema_state_dict`` with EMAHook).
+
+    Returns:
+        The timm-named state dict and a description of the source.
+    """
+    checkpoint = _load_safely(path)
+    if 'state_dict' in checkpoint or 'ema_state_dict' in checkpoint:
+        kind = 'mmpretrain'
+        key = 'ema_state_dict' if use_ema else 'state_dict'
+    elif 'model' in checkpoint:
+        kind = 'official DeiT/LaPE'
+        key = 'model_ema' if use_ema else 'model'
+    else:
+        kind, key = 'timm', None
+        if use_ema:
+            raise ValueError(f'{path} is a bare timm state dict: it holds '
+                             'no EMA weights.')
+    if key is not None and not isinstance(checkpoint.get(key), dict):
+        raise ValueError(f'{path} ({kind} layout) has no {key!r} entry'
+                         + (': it was trained without EMA.' if use_ema
+                            else '.'))
+    state = checkpoint if key is None else checkpoint[key]
+    if kind == 'mmpretrain':
+        state = {re.sub(r'^module\.', '', k): v for k, v in state.items()
+                 if k != 'steps'}  # EMAHook's counter
+        renamed = {}
+        for name, value in state.items():
+            for pattern, replacement in _FROM_MMPRETRAIN:
+                new_name, hits = re.subn(pattern, replacement, name)
+                if hits:
+                    renamed[new_name] = value
+                    break
+            else:
+                if name.startswith('backbone.'):
+                    raise ValueError(
+                        f'{path}: {name!r} is not part of an mmpretrain '
+                        'VisionTransformer or mmmpvg PEVisionTransformer; '
+                        'expected a DeiT/ViT classifier checkpoint.')
+        state = renamed
+    if not isinstance(state.get('pos_embed'), torch.Tensor) or \
+            not any(k.startswith('blocks.') for k in state):
+        sample = sorted(state)[:5]
+        raise ValueError(
+            f'{path} ({kind} layout) holds no DeiT/ViT weights (no '
+            f'pos_embed and blocks.*; keys start with {sample}); expected '
+            'timm, official DeiT/LaPE or mmpretrain ViT weights.')
+    return state, kind
 
 
 def _num_prefix_tokens(pos_embed: torch.Tensor) -> int:

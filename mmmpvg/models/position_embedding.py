@@ -30,11 +30,13 @@ stage's grid and width. A plain ViT is the one-stage case.
 The chain never depends on the image, so in eval mode it is computed once
 per grid size and reused until a weight it reads changes.
 """
+import math
 from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 from mmcv.cnn import build_norm_layer
+from mmengine.logging import print_log
 from mmengine.model import BaseModule
 from mmpretrain.models.utils import resize_pos_embed
 
@@ -224,6 +226,35 @@ class LayerwisePositionEmbedding(BaseModule):
             if self.last_norm_pos is not None else None)
         self._cache_key = None
         self._cache_plan = None
+        self._register_load_state_dict_pre_hook(self._resize_loaded_pos_embed)
+
+    def _resize_loaded_pos_embed(self, state_dict, prefix, *args, **kwargs):
+        """Resize a checkpoint's ``pos_embed`` stored at another grid (e.g. a
+        224-px checkpoint in a 384-px model) to this module's grid, as timm
+        and mmpretrain do on load."""
+        key = prefix + 'pos_embed'
+        if self.pos_embed is None or key not in state_dict or \
+                state_dict[key].shape == self.pos_embed.shape:
+            return
+        loaded = state_dict[key]
+        rows = loaded.shape[1] - self.num_extra_tokens
+        side = math.isqrt(max(rows, 0))
+        if loaded.dim() != 3 or loaded.shape[2] != self.pos_embed.shape[2] \
+                or side * side != rows:
+            raise ValueError(
+                f'{key} in the checkpoint has shape {tuple(loaded.shape)}, '
+                f'which is no square patch grid with '
+                f'{self.num_extra_tokens} class-token row(s) and '
+                f'{self.pos_embed.shape[2]} dims as this model needs '
+                f'({tuple(self.pos_embed.shape)}): was it trained with '
+                'another pooling (class token vs GAP) or width? Convert it '
+                'with tools/model_converters/deit_to_mmmpvg.py.')
+        state_dict[key] = resize_pos_embed(
+            loaded, (side, side), self.grid_size, mode=self.interpolate_mode,
+            num_extra_tokens=self.num_extra_tokens)
+        print_log(f'Resized {key} from a {side}x{side} to a '
+                  f'{self.grid_size[0]}x{self.grid_size[1]} grid '
+                  f'({self.interpolate_mode}).', logger='current')
 
     @property
     def layer_dims(self) -> List[int]:

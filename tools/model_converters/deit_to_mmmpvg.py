@@ -1,4 +1,6 @@
-"""Convert a timm / official DeiT / official LaPE checkpoint for mmmpvg.
+"""Convert a timm / official DeiT / official LaPE / mmpretrain checkpoint
+for mmmpvg (released weights or training checkpoints; ``--ema`` takes the
+EMA weights).
 
 Example:
     python tools/model_converters/deit_to_mmmpvg.py \
@@ -12,16 +14,22 @@ import argparse
 
 import torch
 
-from mmmpvg.models.converters import convert_deit_state_dict
+from mmmpvg.models.converters import (convert_deit_state_dict,
+                                      read_vit_checkpoint)
 
 
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('src', help='timm/DeiT/LaPE checkpoint (.pth)')
+    parser.add_argument(
+        'src', help='timm, official DeiT/LaPE or mmpretrain checkpoint')
     parser.add_argument('dst', help='where to write the mmmpvg checkpoint')
     parser.add_argument('--pe-method', default='default',
                         choices=['default', 'lape', 'pvg', 'mpvg'])
     parser.add_argument('--global-pool', default='cls', choices=['cls', 'avg'])
+    parser.add_argument(
+        '--ema', action='store_true',
+        help="convert the EMA weights (DeiT's model_ema, mmpretrain's "
+        'ema_state_dict)')
     parser.add_argument(
         '--head-key', default='head.layers.head',
         help='mmpretrain name of the classifier Linear: head.layers.head '
@@ -31,19 +39,21 @@ def parse_args():
 
 def main():
     args = parse_args()
-    checkpoint = torch.load(args.src, map_location='cpu', weights_only=True)
-    for wrapper in ('model', 'state_dict', 'model_ema'):
-        if wrapper in checkpoint and isinstance(checkpoint[wrapper], dict):
-            checkpoint = checkpoint[wrapper]
-            break
-    state_dict, notes = convert_deit_state_dict(
-        checkpoint, dict(method=args.pe_method), args.global_pool,
-        head_key=args.head_key)
+    try:
+        source, kind = read_vit_checkpoint(args.src, use_ema=args.ema)
+        state_dict, notes = convert_deit_state_dict(
+            source, dict(method=args.pe_method), args.global_pool,
+            head_key=args.head_key)
+    except (ValueError, KeyError) as error:
+        raise SystemExit(f'error: {error}') from None
+    print(f'read {args.src}: {kind} layout'
+          + (', EMA weights' if args.ema else ''))
     for note in notes:
         print(f'note: {note}')
     torch.save(
         dict(state_dict=state_dict,
-             meta=dict(converted_from=args.src, pe_method=args.pe_method,
+             meta=dict(converted_from=args.src, source_layout=kind,
+                       ema=args.ema, pe_method=args.pe_method,
                        global_pool=args.global_pool)), args.dst)
     print(f'wrote {len(state_dict)} tensors to {args.dst}')
 

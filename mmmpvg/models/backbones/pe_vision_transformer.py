@@ -168,13 +168,13 @@ class PEVisionTransformer(BaseBackbone):
         self.last_norm = build_norm_layer(norm_cfg, self.embed_dims)[1]
 
     def init_weights(self):
+        # Own init first: a Pretrained init_cfg (dict, list, or the
+        # classifier's) loads afterwards and keeps its weights.
+        if not self._is_init:
+            trunc_normal_(self.pe.pos_embed, std=0.02)
+            if self.cls_token is not None:
+                trunc_normal_(self.cls_token, std=0.02)
         super().init_weights()
-        if isinstance(self.init_cfg, dict) and \
-                self.init_cfg.get('type') == 'Pretrained':
-            return
-        trunc_normal_(self.pe.pos_embed, std=0.02)
-        if self.cls_token is not None:
-            trunc_normal_(self.cls_token, std=0.02)
 
     def embed(self, x: torch.Tensor):
         """Patch tokens (with class token) and the patch grid size."""

@@ -1,0 +1,135 @@
+"""The README's "Bad input" table, one row a test: each mistake gets one
+clear message naming the problem, raised before anything already written
+is touched."""
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+import torch
+from mmengine.config import Config
+from mmpretrain.registry import MODELS
+
+import mmmpvg.models  # noqa: F401
+from mmmpvg.engine import CheckpointMismatchError
+from mmmpvg.engine.checkpoint_loading import DamagedCheckpointError
+
+pytestmark = pytest.mark.usefixtures('one_thread', 'restore_determinism')
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def run_tool(make_runner, train_tool, test_tool, demo_config,
+             tiny_digits_options, tmp_path):
+    """``run_tool('train'|'test', *args, options=())``: tools/train.py or
+    tools/test.py on the demo config, in ``tmp_path/work``."""
+
+    def run(kind, *args, options=()):
+        tool = train_tool if kind == 'train' else test_tool
+        runner = make_runner(tool, demo_config, tmp_path / 'work',
+                             (*tiny_digits_options, *options), *args)
+        return runner.train() if kind == 'train' else runner.test()
+
+    return run
+
+
+def demo_model(**backbone):
+    cfg = Config.fromfile(REPO / 'configs/demo/mpvg_vit-micro_digits.py')
+    cfg.model.backbone.update(backbone)
+    return MODELS.build(cfg.model)
+
+
+def save(model, path):
+    torch.save(dict(state_dict=model.state_dict()), path)
+    return path
+
+
+def files(directory):
+    return {p: p.read_bytes() for p in pathlib.Path(directory).rglob('*.pth')}
+
+
+def test_unknown_pe_method(run_tool):
+    with pytest.raises(ValueError, match="Unknown PE method 'mvpg'"):
+        run_tool('train', options=['model.backbone.pe_cfg.method=mvpg'])
+
+
+def test_unknown_pe_knob(run_tool):
+    with pytest.raises(ValueError, match=r"Unknown PE knob\(s\) \['layer0'\]"):
+        run_tool('train', options=['model.backbone.pe_cfg.layer0=True'])
+
+
+def test_image_size_not_divisible_by_the_patch():
+    with pytest.raises(ValueError, match='30x30 is not divisible by the '
+                       'patch size 4'):
+        demo_model()(torch.zeros(1, 3, 30, 30), mode='tensor')
+
+
+def test_checkpoint_of_another_pe_method(run_tool, tmp_path):
+    lape = save(demo_model(global_pool='cls', pe_cfg=dict(method='lape')),
+                tmp_path / 'lape.pth')
+    with pytest.raises(CheckpointMismatchError,
+                       match='trained with another PE method'):
+        run_tool('test', lape)
+
+
+def test_checkpoint_of_another_width(run_tool, tmp_path):
+    wide = save(demo_model(arch=dict(embed_dims=96, num_layers=4,
+                                     num_heads=4, feedforward_channels=128)),
+                tmp_path / 'wide.pth')
+    with pytest.raises(CheckpointMismatchError, match='shape mismatch: '
+                       r'backbone.patch_embed.projection.weight'):
+        run_tool('test', wide)
+
+
+def test_damaged_checkpoint(run_tool, tmp_path):
+    path = save(demo_model(), tmp_path / 'cut.pth')
+    path.write_bytes(path.read_bytes()[:2000])
+    with pytest.raises(DamagedCheckpointError,
+                       match=f'Cannot read checkpoint {path}: '):
+        run_tool('test', path)
+
+
+def test_missing_data_root(make_runner, train_tool, tmp_path):
+    config = REPO / 'configs/deit/deit-tiny_mpvg_4xb256_in1k.py'
+    runner = make_runner(train_tool, config, tmp_path / 'work', [
+        f'train_dataloader.dataset.data_root={tmp_path}/imagenet'])
+    with pytest.raises(FileNotFoundError,
+                       match=f"data_root '{tmp_path}/imagenet' does not "
+                       'exist'):
+        runner.train()
+
+
+def test_empty_data_set(run_tool):
+    with pytest.raises(ValueError,
+                       match='The data set SklearnDigits is empty'):
+        run_tool('train',
+                 options=['train_dataloader.dataset.num_samples=0'])
+
+
+def test_num_classes_differs_from_the_checkpoint_head(run_tool, tmp_path):
+    path = save(demo_model(), tmp_path / 'ten_classes.pth')
+    (tmp_path / 'work').mkdir()
+    before = files(tmp_path)
+    with pytest.raises(CheckpointMismatchError,
+                       match='another number of classes'):
+        run_tool('train', options=[f'load_from={path}',
+                                      'model.head.num_classes=5',
+                                      'data_preprocessor.num_classes=5'])
+    assert files(tmp_path) == before
+
+
+def test_more_processes_than_the_machine_runs(tmp_path, demo_config):
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES='',
+               PATH=f'{pathlib.Path(sys.executable).parent}:'
+               f'{os.environ["PATH"]}')
+    result = subprocess.run(
+        ['bash', REPO / 'tools/dist_train.sh', demo_config,
+         str(len(os.sched_getaffinity(0)) + 1), '--work-dir',
+         tmp_path / 'work'], env=env, capture_output=True, text=True,
+        timeout=120)
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        f'error: asked for {len(os.sched_getaffinity(0)) + 1} processes on '
+        'this node, but it has')
+    assert not (tmp_path / 'work').exists()  # nothing was started

@@ -1,0 +1,68 @@
+"""Detection and segmentation runs killed with SIGKILL after a checkpoint
+resume with ``--resume`` to the planned end, on the same learning-rate
+schedule as an uninterrupted run (the long runs are the ones that get
+killed)."""
+import re
+import signal
+import subprocess
+import sys
+import threading
+
+import pytest
+from downstream import (DET_CONFIG, SEG_CONFIG, mask_rcnn_smoke_options,
+                        upernet_smoke_options)
+from test_distributed import (kill_after_first_checkpoint, load_checkpoint,
+                              logged_lr, run, run_logs, tool_env)
+
+pytestmark = pytest.mark.usefixtures('one_thread', 'restore_determinism')
+
+# 4 training images in batches of 2: 2 iterations an epoch.
+RUNS = {
+    'mask-rcnn': (DET_CONFIG, mask_rcnn_smoke_options,
+                  ('train_cfg.max_epochs=3',
+                   'default_hooks.checkpoint.interval=1'), 'epoch_3.pth'),
+    'upernet': (SEG_CONFIG, upernet_smoke_options,
+                ('train_cfg.max_iters=6',
+                 'default_hooks.checkpoint.interval=2'), 'iter_6.pth'),
+}
+PLANNED_ITERS = 6
+
+
+@pytest.mark.parametrize('task', sorted(RUNS))
+def test_killed_run_resumes_to_the_planned_end(task, make_runner, train_tool,
+                                               repo_root, tmp_path):
+    config, smoke_options, schedule, last_checkpoint = RUNS[task]
+    options = (*smoke_options(tmp_path / 'data'), *schedule)
+    killed_dir = tmp_path / 'killed'
+    train_cmd = [sys.executable, repo_root / 'tools/train.py', config,
+                 '--work-dir', killed_dir, '--cfg-options', *options]
+
+    victim = subprocess.Popen([str(c) for c in train_cmd], env=tool_env(),
+                              stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    outcome = {}
+    killer = threading.Thread(target=kill_after_first_checkpoint,
+                              args=(victim, killed_dir, outcome, 600))
+    killer.start()
+    reference = make_runner(train_tool, config, tmp_path / 'reference',
+                            options)
+    reference.train()
+    killer.join()
+    assert 'error' not in outcome, outcome.get('error')
+    assert victim.returncode == -signal.SIGKILL
+
+    run([*train_cmd, '--resume'], tool_env(), timeout=600)
+
+    resumed = re.search(r'resumed epoch: (\d+), iter: (\d+)',
+                        run_logs(killed_dir)[-1])
+    assert resumed, 'the second run did not resume'
+    resumed_iter = int(resumed.group(2))
+    assert 0 < resumed_iter < PLANNED_ITERS
+    reference_lr = reference.message_hub.get_scalar('train/lr').data[0]
+    after_resume = logged_lr(killed_dir)
+    assert sorted(after_resume) == list(
+        range(resumed_iter + 1, PLANNED_ITERS + 1))
+    assert after_resume == pytest.approx(
+        {step: reference_lr[step - 1] for step in after_resume}, rel=1e-12)
+    final = load_checkpoint(killed_dir / last_checkpoint)
+    assert final['meta']['iter'] == PLANNED_ITERS
