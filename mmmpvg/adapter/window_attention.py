@@ -72,19 +72,22 @@ class WindowMultiheadAttention(MultiheadAttention):
         qkv = F.pad(self.qkv(x).reshape(b, h, w, -1),
                     (0, 0, 0, pad_w, 0, pad_h))
         qkv = _to_windows(qkv, window)  # (B, nW, window^2, 3C)
-        qkv = qkv.reshape(*qkv.shape[:3], 3, self.num_heads,
-                          self.head_dims).permute(3, 0, 1, 4, 2, 5)
-        q, k, v = qkv[0], qkv[1], qkv[2]  # (B, nW, heads, window^2, dims)
+        num_windows = qkv.shape[1]
+        qkv = qkv.reshape(b * num_windows, window * window, 3, self.num_heads,
+                          self.head_dims).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]  # (B * nW, heads, window^2, dims)
 
         mask = None
         if self.window_padding == 'masked' and (pad_h or pad_w):
             real = F.pad(x.new_ones(1, h, w, 1), (0, 0, 0, pad_w, 0, pad_h))
-            # (nW, 1, 1, window^2): True where a key is a real token.
+            # (B * nW, 1, 1, window^2): True where a key is a real token.
             mask = _to_windows(real, window)[0, :, None, None, :, 0].bool()
+            mask = mask.repeat(b, 1, 1, 1)
         attn_drop = self.attn_drop if self.training else 0.
         out = self.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=attn_drop)
-        out = out.transpose(2, 3).flatten(3)  # (B, nW, window^2, C)
+        out = out.transpose(1, 2).reshape(b, num_windows, window * window,
+                                          self.embed_dims)
         out = _from_windows(out, h + pad_h, w + pad_w, window)
         out = out[:, :h, :w].reshape(b, n, self.embed_dims)
         out = self.proj(out)
