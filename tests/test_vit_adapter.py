@@ -803,8 +803,10 @@ def test_configs_set_the_official_recipe_per_task(path):
 
 
 # Parameter counts of ViT-Adapter-Ti built from the official code with
-# DeiT-Ti (ViT-Adapter's tables: 28.1M / 36.1M).
+# DeiT-Ti (ViT-Adapter's tables: 28.1M / 36.1M); its backbone alone (the
+# same for both tasks) has 7,966,640, the rest are the mmdet / mmseg heads.
 OFFICIAL_COUNT = {'mask-rcnn': 28_068_512, 'upernet': 36_062_428}
+OFFICIAL_BACKBONE = 7_966_640
 # The official ViT keeps pos_embed (1, 1 + 196, 192) and never uses the class
 # token's row; ours stores the 196 patch rows only.
 CLS_PE_ROW = 192
@@ -835,6 +837,8 @@ def test_configs_build_the_official_parameter_counts(path):
         norms += 2 if method == 'mpvg' else 1  # Last LN (+ LN'')
     assert count == OFFICIAL_COUNT[task] - CLS_PE_ROW + norms * PE_NORM
     if method == 'default':
+        backbone = sum(p.numel() for p in model.backbone.parameters())
+        assert backbone == OFFICIAL_BACKBONE - CLS_PE_ROW
         gammas = sum(p.numel() for n, p in model.named_parameters()
                      if n.startswith('backbone.layers.') and 'gamma' in n)
         assert gammas == LAYER_SCALE
