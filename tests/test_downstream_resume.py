@@ -9,8 +9,8 @@ import sys
 import threading
 
 import pytest
-from downstream import (DET_CONFIG, SEG_CONFIG, mask_rcnn_smoke_options,
-                        upernet_smoke_options)
+from downstream import (DET_CONFIG, mask_rcnn_smoke_options,
+                        upernet_fp32_config, upernet_smoke_options)
 from test_distributed import (kill_after_first_checkpoint, load_checkpoint,
                               logged_lr, run, run_logs, tool_env)
 
@@ -18,10 +18,10 @@ pytestmark = pytest.mark.usefixtures('one_thread', 'restore_determinism')
 
 # 4 training images in batches of 2: 2 iterations an epoch.
 RUNS = {
-    'mask-rcnn': (DET_CONFIG, mask_rcnn_smoke_options,
+    'mask-rcnn': (lambda _: DET_CONFIG, mask_rcnn_smoke_options,
                   ('train_cfg.max_epochs=3',
                    'default_hooks.checkpoint.interval=1'), 'epoch_3.pth'),
-    'upernet': (SEG_CONFIG, upernet_smoke_options,
+    'upernet': (upernet_fp32_config, upernet_smoke_options,
                 ('train_cfg.max_iters=6',
                  'default_hooks.checkpoint.interval=2'), 'iter_6.pth'),
 }
@@ -31,7 +31,8 @@ PLANNED_ITERS = 6
 @pytest.mark.parametrize('task', sorted(RUNS))
 def test_killed_run_resumes_to_the_planned_end(task, make_runner, train_tool,
                                                repo_root, tmp_path):
-    config, smoke_options, schedule, last_checkpoint = RUNS[task]
+    make_config, smoke_options, schedule, last_checkpoint = RUNS[task]
+    config = make_config(tmp_path)
     options = (*smoke_options(tmp_path / 'data'), *schedule)
     killed_dir = tmp_path / 'killed'
     train_cmd = [sys.executable, repo_root / 'tools/train.py', config,

@@ -2,7 +2,8 @@
 
 Each config is used as shipped, changed only by ``--cfg-options`` for a CPU
 smoke run: BN for SyncBN, no pre-trained checkpoint, small images, fewer
-proposals, a few iterations, the generated data set. tools/train.py trains
+proposals, a few iterations, the generated data set; UperNet in fp32 (see
+``downstream.upernet_fp32_config``). tools/train.py trains
 through MMEngine's Runner; tools/test.py then evaluates the saved
 checkpoint with mmdet's ``CocoMetric`` (bbox + segm mAP) and mmseg's
 ``IoUMetric`` (mIoU).
@@ -10,8 +11,8 @@ checkpoint with mmdet's ``CocoMetric`` (bbox + segm mAP) and mmseg's
 import math
 
 import pytest
-from downstream import (DET_CONFIG, SEG_CONFIG, mask_rcnn_smoke_options,
-                        upernet_smoke_options)
+from downstream import (DET_CONFIG, mask_rcnn_smoke_options,
+                        upernet_fp32_config, upernet_smoke_options)
 
 pytestmark = pytest.mark.usefixtures('one_thread')
 
@@ -36,7 +37,9 @@ def test_mask_rcnn_vit_adapter_trains_and_evaluates_on_coco_format(
                                             tmp_path, 'epoch_1.pth')
     backbone = runner.model.backbone
     assert type(backbone).__name__ == 'ViTAdapter'
-    assert backbone.pe.method == 'mpvg' and backbone.last_norm is not None
+    # ViT-Adapter's structure: no Last LN (nor MPVG's LN'').
+    assert backbone.pe.method == 'mpvg' and backbone.last_norm is None
+    assert backbone.vit_feature_source == 'last'
     assert runner.iter == 2 and math.isfinite(loss)
     for key in ('coco/bbox_mAP', 'coco/bbox_mAP_50', 'coco/segm_mAP'):
         assert 0.0 <= metrics[key] <= 1.0, key
@@ -48,11 +51,15 @@ def test_upernet_vit_adapter_trains_and_evaluates_on_ade20k_format(
                'train_cfg.max_iters=3',
                'default_hooks.checkpoint.interval=3')
     runner, loss, metrics = train_then_test(make_runner, train_tool,
-                                            test_tool, SEG_CONFIG, options,
+                                            test_tool,
+                                            upernet_fp32_config(tmp_path),
+                                            options,
                                             tmp_path, 'iter_3.pth')
     backbone = runner.model.backbone
     assert type(backbone).__name__ == 'ViTAdapter'
     assert backbone.pe.method == 'lape'
+    assert backbone.vit_feature_source == 'per_interaction'
+    assert type(runner.optim_wrapper).__name__ == 'OptimWrapper'
     assert runner.iter == 3 and math.isfinite(loss)
     assert 0.0 <= metrics['mIoU'] <= 100.0
     # Layer-wise lr decay reached the optimizer through the config.

@@ -2,7 +2,7 @@
 # (python tools/make_shapes_data.py coco data/shapes_coco): same model and
 # augmentation branches at 1/5 scale, BN instead of SyncBN, no pre-trained
 # DeiT, fewer proposals, 6 epochs.
-_base_ = '../mask-rcnn_vit-adapter-ti-mpvg_fpn_8xb1-ms-3x_coco.py'
+_base_ = '../mask-rcnn_vit-adapter-ti-mpvg_fpn_4xb2-ms-3x_coco.py'
 
 data_root = 'data/shapes_coco/'
 classes = ('square', 'triangle', 'disc')
