@@ -12,10 +12,13 @@ import yaml
 from mmengine.config import Config
 from PIL import Image
 
+from mmmpvg.datasets.shapes import make_ade20k_shapes
 from mmmpvg.paper_results import PAPER_ROWS, TABLES, match_rows
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 METAFILES = ('configs/deit/metafile.yml', 'configs/vit_adapter/metafile.yml')
+SEG_SHAPES_CONFIG = osp.join(REPO, 'configs/vit_adapter/shapes',
+                             'upernet_vit-adapter-ti-mpvg_shapes-64x64.py')
 DEIT_CONFIGS = sorted(
     glob.glob(osp.join(REPO, 'configs/deit/*.py')) +
     glob.glob(osp.join(REPO, 'configs/deit/ablations/*.py')))
@@ -120,7 +123,8 @@ def test_adapter_configs_map_to_tables_3_and_4_and_shapes_do_not():
     # row; ADE20K's classes on generated images is the Table 4 structure,
     # whose recipe flags (data root, iterations, batch) then tell it apart.
     shapes = osp.join(REPO, 'configs/vit_adapter/shapes')
-    rows, why = sources(f'{shapes}/mask-rcnn_vit-adapter-ti-mpvg_fpn_shapes.py')
+    rows, why = sources(
+        f'{shapes}/mask-rcnn_vit-adapter-ti-mpvg_fpn_shapes.py')
     assert rows == [] and 'its own 3 classes' in why, why
     assert sources(f'{shapes}/upernet_vit-adapter-ti-mpvg_shapes-64x64.py')[
         0] == [('Table 4', 'ViT-Adapter-Ti', 'MPVG')]
@@ -149,11 +153,11 @@ def write_imagenet_layout(root, sizes=dict(train=8, val=4)):
         (root / 'meta' / f'{split}.txt').write_text('\n'.join(lines) + '\n')
 
 
-def last_logged_top1(work_dir):
-    """accuracy/top1 of the last validation or test in the text logs."""
+def last_logged(work_dir, metric='accuracy/top1'):
+    """``metric`` of the last validation or test in the text logs."""
     logs = [open(p).read()
             for p in sorted(glob.glob(f'{work_dir}/*/*.log'))]
-    return float(re.findall(r'accuracy/top1: ([\d.]+)', logs[-1])[-1])
+    return float(re.findall(rf'{metric}: ([\d.]+)', logs[-1])[-1])
 
 
 def markdown_tables(report):
@@ -173,7 +177,8 @@ def collected(tmp_path_factory, make_runner, train_tool, test_tool,
               demo_config, tiny_digits_options):
     """Real runs: the digits demo (trained, and tested on its own), and the
     paper's DeiT-Ti MPVG config on 8 generated ImageNet-layout images, one
-    epoch, then resumed to a second."""
+    epoch, then resumed to a second; the ADE20K UperNet demo config on 4
+    generated images for 4 iterations."""
     root = tmp_path_factory.mktemp('collect')
     digits = root / 'digits'
     make_runner(train_tool, demo_config, digits, tiny_digits_options).train()
@@ -194,18 +199,29 @@ def collected(tmp_path_factory, make_runner, train_tool, test_tool,
     make_runner(train_tool, deit_config, deit,
                 [*deit_options, 'train_cfg.max_epochs=2'], '--resume').train()
 
+    ade = root / 'ade20k'
+    make_ade20k_shapes(str(ade), splits=(('training', 4), ('validation', 2)))
+    segmentation = root / 'upernet'
+    make_runner(train_tool, SEG_SHAPES_CONFIG, segmentation, [
+        f'train_dataloader.dataset.data_root={ade}',
+        f'val_dataloader.dataset.data_root={ade}',
+        'train_dataloader.batch_size=2', 'train_cfg.max_iters=4',
+        'train_cfg.val_interval=2', 'default_hooks.checkpoint.interval=4',
+        'default_hooks.logger.interval=1']).train()
+
     report = load_collect_results().collect(
         [str(root)], param_cache=str(root / 'params.json'))
     return dict(report=report, tables=markdown_tables(report),
                 digits=str(digits), digits_test=str(digits_test),
-                deit=str(deit), imagenet=str(data))
+                deit=str(deit), imagenet=str(data),
+                segmentation=str(segmentation), ade20k=str(ade))
 
 
 def test_a_paper_config_run_lands_in_every_table_of_its_row(collected):
     with open(osp.join(REPO, 'configs/deit/metafile.yml')) as f:
         built = {e['Name']: e['Metadata']['Parameters']
                  for e in yaml.safe_load(f)['Models']}
-    top1 = last_logged_top1(collected['deit'])
+    top1 = last_logged(collected['deit'])
     for table, method in (('Table 1', 'MPVG'),
                           ('Table 5', 'MPVG, Last LN pos_0'),
                           ('Table 6', 'MPVG')):
@@ -236,7 +252,7 @@ def test_runs_without_a_paper_row_are_listed_with_their_metric(
 
     trained = unmapped[collected['digits']]
     assert trained['config'] == 'configs/demo/mpvg_vit-micro_digits.py'
-    assert trained['metrics'] == 'Top 1 Accuracy %.2f' % last_logged_top1(
+    assert trained['metrics'] == 'Top 1 Accuracy %.2f' % last_logged(
         collected['digits'])
     assert 'SklearnDigits' in trained['why']
     recipe = Config.fromfile(demo_config)  # tiny_digits_options scale it
@@ -249,7 +265,7 @@ def test_runs_without_a_paper_row_are_listed_with_their_metric(
 
     tested = unmapped[collected['digits_test']]
     assert tested['metrics'] == 'Top 1 Accuracy %.2f (test)' % (
-        last_logged_top1(collected['digits_test']))
+        last_logged(collected['digits_test']))
     assert tested['recipe'] == ''
 
 
@@ -260,3 +276,16 @@ def test_cli_writes_the_report(collected, tmp_path):
          '--param-cache', str(tmp_path / 'params.json')])
     text = out.read_text()
     assert '### Table 1' in text and 'Unmapped runs' not in text
+
+
+def test_a_segmentation_demo_lands_in_table_4_with_its_recipe_flagged(
+        collected):
+    row, = [r for r in collected['tables']['Table 4']
+            if r['run'] == collected['segmentation']]
+    assert row['Method'] == 'MPVG' and row['paper mIoU'] == '41.69'
+    miou = last_logged(collected['segmentation'], 'mIoU')
+    assert float(row['mIoU'].split(' /')[0]) == pytest.approx(miou,
+                                                              abs=0.005)
+    flags = row['recipe'].split('; ')
+    assert flags[0].startswith(f'data root {collected["ade20k"]} != ')
+    assert any(re.fullmatch(r'iterations 4/\d+', f) for f in flags), flags

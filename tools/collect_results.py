@@ -97,8 +97,9 @@ def read_session(run_dir, name):
     log_path = osp.join(root, f'{name}.log')
     log = open(log_path).read() if osp.exists(log_path) else ''
     scalars = read_json_lines(osp.join(root, 'vis_data', 'scalars.json'))
-    train = [s for s in scalars if 'lr' in s or 'loss' in s]
-    val = [s for s in scalars if s not in train]
+    train, val = [], []
+    for entry in scalars:  # training iterations log an lr; evaluations not
+        (train if 'lr' in entry else val).append(entry)
     # A test session dumps its metrics to <timestamp>/<timestamp>.json.
     test = read_json_lines(osp.join(root, f'{name}.json'))
     config = osp.join(root, 'vis_data', 'config.py')
@@ -177,16 +178,16 @@ class RecipeConfigs:
                         yield path
 
     def find(self, same_name, rows):
-        """The recipe of a run: the config of the same name if it
-        reproduces the run's paper row, else the metafile config that does
-        (a demo on other data is measured against the paper's recipe)."""
-        if not rows:
-            return same_name
-        for path in ([same_name] if same_name else []) + list(
-                self.metafile_configs()):
-            self.load(path)
-            if rows[0] in self._configs[path][1]:
-                return path
+        """The recipe of a run: for a paper row, the metafile config that
+        reproduces it (the same-name one first), so that a demo on other
+        data is measured against the paper's recipe; else the config of the
+        same name."""
+        if rows:
+            listed = list(self.metafile_configs())
+            for path in sorted(listed, key=lambda p: p != same_name):
+                self.load(path)
+                if rows[0] in self._configs[path][1]:
+                    return path
         return same_name
 
 
@@ -302,6 +303,17 @@ def count_parameters(cfg, cache):
     return cache[key]
 
 
+def try_count_parameters(run, cache):
+    """#Params, or None with a flag when this code cannot build the run's
+    model (e.g. a config from an older version)."""
+    try:
+        return count_parameters(run['cfg'], cache)
+    except Exception as error:
+        run['flags'].append(f'#Params: model does not build here '
+                            f'({type(error).__name__}: {error})')
+        return None
+
+
 def fmt(value, digits=2):
     return '—' if value is None else f'{value:.{digits}f}'
 
@@ -378,11 +390,11 @@ def collect(work_dirs, param_cache=None):
     runs_by_row, unmapped = defaultdict(list), []
     recipes = RecipeConfigs()
     for run in runs:
-        run['params'] = count_parameters(run['cfg'], cache)
         rows, run['why'] = match_rows(run['cfg'])
         run['recipe_config'] = recipes.find(run['same_name_config'], rows)
         run['recipe_cfg'] = recipes.load(run['recipe_config'])
         run['flags'] = recipe_flags(run)
+        run['params'] = try_count_parameters(run, cache)
         for row in rows:
             runs_by_row[row].append(run)
         if not rows:
