@@ -49,8 +49,10 @@ def slurm_train(slurm_cluster, tmp_path_factory, demo_config,
     config = root / 'digits_dist.py'
     config.write_text(DIST_CONFIG.format(base=str(demo_config)))
     work_dir = root / 'train'
+    # A recipe total batch (read by collect_results.py) to compare with.
     run(['bash', repo_root / 'tools/slurm_train.sh', PARTITION, 'mpvg-train',
-         config, work_dir, '--cfg-options', *tiny_digits_options],
+         config, work_dir, '--cfg-options', *tiny_digits_options,
+         'auto_scale_lr.base_batch_size=128'],
         slurm_env(slurm_cluster, root))
     return work_dir
 
@@ -98,3 +100,12 @@ def test_slurm_test_evaluates_every_sample_once(
     correct = sum(pred == gt for pred, gt in preds.values())
     assert top1 == pytest.approx(100 * correct / NUM_TEST_SAMPLES, abs=1e-4)
     assert top1 == pytest.approx(metrics_one['accuracy/top1'], abs=1e-4)
+
+
+def test_collect_results_reads_the_world_size_from_the_slurm_log(
+        slurm_train, tmp_path):
+    from test_collect_results import load_collect_results, markdown_tables
+    report = load_collect_results().collect(
+        [str(slurm_train)], param_cache=str(tmp_path / 'params.json'))
+    run, = markdown_tables(report)['Unmapped runs']
+    assert run['recipe'] == 'total batch 64 (2x32) != 128'
