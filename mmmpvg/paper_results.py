@@ -13,6 +13,7 @@ its ``arch``, the data set, the task and the position-embedding settings
 settings after expanding the PE method into its knobs, so
 ``dict(method='mpvg', last_norm_pos=0)`` is the MPVG row, not a variant.
 """
+import importlib
 import inspect
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
@@ -193,10 +194,15 @@ TASKS = {
 
 
 def _registered_class(backbone_type):
-    """The backbone's class, or None when no loaded registry knows it."""
-    from mmpretrain.registry import MODELS
-    import mmmpvg.models  # noqa: F401  (registers the backbones)
-    return MODELS.get(backbone_type)
+    """The backbone's class from the mmpretrain registry (our classification
+    backbones) or the mmdet one (the adapter); None when neither has it."""
+    for package, registry in (('mmmpvg.models', 'mmpretrain.registry'),
+                              ('mmmpvg.adapter', 'mmdet.registry')):
+        importlib.import_module(package)  # registers the modules
+        cls = importlib.import_module(registry).MODELS.get(backbone_type)
+        if cls is not None:
+            return cls
+    return None
 
 
 def _default_of(cls, name):
