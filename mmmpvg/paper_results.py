@@ -238,6 +238,15 @@ def pe_knobs(pe_cfg, backbone_type=None):
     return knobs
 
 
+def train_dataset(cfg):
+    """The training data set's config, out of any wrapper (RepeatDataset,
+    ClassBalancedDataset); empty when there is none."""
+    dataset = (cfg.get('train_dataloader') or {}).get('dataset') or {}
+    while 'dataset' in dataset:
+        dataset = dataset['dataset']
+    return dataset
+
+
 def describe_structure(cfg):
     """What a config trains, in the terms of :class:`PaperRow`.
 
@@ -251,10 +260,7 @@ def describe_structure(cfg):
     cls = _registered_class(backbone_type) if backbone_type else None
     arch = backbone.get('arch', _default_of(cls, 'arch'))
     pool = backbone.get('global_pool', _default_of(cls, 'global_pool'))
-    dataset = cfg.get('train_dataloader', {}).get('dataset', {})
-    # Wrappers (RepeatDataset, ClassBalancedDataset) hold the real one.
-    while 'dataset' in dataset:
-        dataset = dataset['dataset']
+    dataset = train_dataset(cfg)
     dataset_type = dataset.get('type')
     dataset_name = DATASETS.get(dataset_type, dataset_type)
     classes = (dataset.get('metainfo') or {}).get('classes')

@@ -33,7 +33,8 @@ from mmengine.config import Config
 from mmengine.logging import MMLogger
 from mmengine.registry import init_default_scope
 
-from mmmpvg.paper_results import PAPER_ROWS, TABLES, match_rows
+from mmmpvg.paper_results import (PAPER_ROWS, TABLES, match_rows,
+                                  train_dataset)
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 # Our metric name -> the key the evaluator logs and its scale to percent.
@@ -125,7 +126,7 @@ def last_int(pattern, text):
 
 def progress(sessions, cfg):
     """(unit, reached, planned in this run's config) of the training."""
-    train_cfg = cfg.get('train_cfg', {})
+    train_cfg = cfg.get('train_cfg') or {}
     by_epoch = 'max_epochs' in train_cfg
     log = '\n'.join(s['log'] for s in sessions)
     train_lines = [t for s in sessions for t in s['train']]
@@ -201,13 +202,6 @@ def planned_total_batch(cfg, config_name):
     return int(found.group(1)) * int(found.group(2)) if found else None
 
 
-def innermost_dataset(cfg):
-    dataset = cfg.get('train_dataloader', {}).get('dataset', {})
-    while 'dataset' in dataset:  # RepeatDataset and other wrappers
-        dataset = dataset['dataset']
-    return dataset
-
-
 def recipe_flags(run):
     """Where the run left its recipe: the repository config of its paper
     row (else of its name; else the run's own config)."""
@@ -215,11 +209,11 @@ def recipe_flags(run):
     recipe_cfg = run['recipe_cfg']
     planned_cfg = recipe_cfg or run['cfg']
     name = osp.basename(run['recipe_config'] or '')
-    data_root = innermost_dataset(run['cfg']).get('data_root')
-    planned_root = innermost_dataset(planned_cfg).get('data_root')
+    data_root = train_dataset(run['cfg']).get('data_root')
+    planned_root = train_dataset(planned_cfg).get('data_root')
     if data_root != planned_root:
         flags.append(f'data root {data_root} != {planned_root}')
-    batch = run['cfg'].get('train_dataloader', {}).get('batch_size')
+    batch = (run['cfg'].get('train_dataloader') or {}).get('batch_size')
     planned = planned_total_batch(planned_cfg, name)
     if run['world_sizes'] and batch:
         world = run['world_sizes'][-1]
@@ -238,7 +232,7 @@ def recipe_flags(run):
                 flags.append(f'batch {batch} per process != '
                              f'{recipe_batch}')
     unit, reached, planned_steps = run['progress']
-    recipe_steps = planned_cfg.get('train_cfg', {}).get(
+    recipe_steps = (planned_cfg.get('train_cfg') or {}).get(
         'max_epochs' if unit == 'epochs' else 'max_iters', planned_steps)
     if run['is_train'] and reached != recipe_steps:
         flags.append(f'{unit} {reached}/{recipe_steps}')
