@@ -11,6 +11,12 @@ from mmengine.registry import DefaultScope
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
+def pytest_configure(config):
+    config.addinivalue_line(
+        'markers', 'slurm: starts a one-node Slurm cluster (root, apt); '
+        'skipped with the reason where it cannot')
+
+
 @pytest.fixture(autouse=True)
 def isolated_default_scope():
     """Start each test with no mmengine default scope: a Runner (or a config

@@ -2,6 +2,9 @@
 # Testing on a Slurm cluster, one task per GPU:
 #   [GPUS=8] [GPUS_PER_NODE=8] [CPUS_PER_TASK=5] [SRUN_ARGS="..."] \
 #   bash tools/slurm_test.sh PARTITION JOB_NAME CONFIG CHECKPOINT [test.py args]
+# On a partition without GPUs (gloo on CPU) add SRUN_ARGS="--gres=none": srun
+# takes the last --gres it is given. Jobs sharing a node need distinct
+# MASTER_PORT values (default 29500); srun passes the environment on.
 
 set -x
 
