@@ -196,6 +196,35 @@ def kill_after_first_checkpoint(process, work_dir, outcome, timeout=240):
     process.wait()
 
 
+def kill_and_resume(train_cmd, killed_dir, train_reference, timeout=300):
+    """Run ``train_cmd``, SIGKILL it once its first checkpoint is complete
+    while ``train_reference()`` trains the same uninterrupted in this
+    process, then run it again with ``--resume``.
+
+    Returns:
+        The reference runner, the iteration the second run resumed at and
+        the lr it logged per iteration.
+    """
+    victim = subprocess.Popen([str(c) for c in train_cmd], env=tool_env(),
+                              stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    outcome = {}
+    killer = threading.Thread(target=kill_after_first_checkpoint,
+                              args=(victim, killed_dir, outcome, timeout))
+    killer.start()
+    reference = train_reference()
+    killer.join()
+    assert 'error' not in outcome, outcome.get('error')
+    assert victim.returncode == -signal.SIGKILL
+
+    run([*train_cmd, '--resume'], tool_env(), timeout=timeout)
+
+    resumed = re.search(r'resumed epoch: (\d+), iter: (\d+)',
+                        run_logs(killed_dir)[-1])
+    assert resumed, 'the second run did not resume'
+    return reference, int(resumed.group(2)), logged_lr(killed_dir)
+
+
 def test_training_killed_by_sigkill_resumes_to_the_planned_end(
         make_runner, train_tool, demo_config, tiny_digits_options, repo_root,
         tmp_path):
@@ -206,31 +235,17 @@ def test_training_killed_by_sigkill_resumes_to_the_planned_end(
     train_cmd = [sys.executable, repo_root / 'tools/train.py', demo_config,
                  '--work-dir', killed_dir, '--cfg-options', *options]
 
-    victim = subprocess.Popen([str(c) for c in train_cmd], env=tool_env(),
-                              stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
-    outcome = {}
-    killer = threading.Thread(target=kill_after_first_checkpoint,
-                              args=(victim, killed_dir, outcome))
-    killer.start()
-    # Meanwhile, the same training uninterrupted in this process.
-    reference = make_runner(train_tool, demo_config, tmp_path / 'reference',
-                            options)
-    reference.train()
-    killer.join()
-    assert 'error' not in outcome, outcome.get('error')
-    assert victim.returncode == -signal.SIGKILL
+    def train_reference():
+        runner = make_runner(train_tool, demo_config,
+                             tmp_path / 'reference', options)
+        runner.train()
+        return runner
 
-    run([*train_cmd, '--resume'], tool_env())
+    reference, resumed_iter, after_resume = kill_and_resume(
+        train_cmd, killed_dir, train_reference)
 
-    resumed = re.search(r'resumed epoch: (\d+), iter: (\d+)',
-                        run_logs(killed_dir)[-1])
-    assert resumed, 'the second run did not resume'
-    epoch, resumed_iter = map(int, resumed.groups())
-    assert epoch >= 1 and resumed_iter == 8 * epoch < 24
-
+    assert resumed_iter % 8 == 0 and 8 <= resumed_iter < 24
     reference_lr = reference.message_hub.get_scalar('train/lr').data[0]
-    after_resume = logged_lr(killed_dir)
     assert sorted(after_resume) == list(range(resumed_iter + 1, 25))
     assert after_resume == {step: reference_lr[step - 1]
                             for step in after_resume}

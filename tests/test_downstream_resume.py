@@ -2,17 +2,12 @@
 resume with ``--resume`` to the planned end, on the same learning-rate
 schedule as an uninterrupted run (the long runs are the ones that get
 killed)."""
-import re
-import signal
-import subprocess
 import sys
-import threading
 
 import pytest
 from downstream import (DET_CONFIG, mask_rcnn_smoke_options,
                         upernet_fp32_config, upernet_smoke_options)
-from test_distributed import (kill_after_first_checkpoint, load_checkpoint,
-                              logged_lr, run, run_logs, tool_env)
+from test_distributed import kill_and_resume, load_checkpoint
 
 pytestmark = pytest.mark.usefixtures('one_thread', 'restore_determinism')
 
@@ -38,29 +33,17 @@ def test_killed_run_resumes_to_the_planned_end(task, make_runner, train_tool,
     train_cmd = [sys.executable, repo_root / 'tools/train.py', config,
                  '--work-dir', killed_dir, '--cfg-options', *options]
 
-    victim = subprocess.Popen([str(c) for c in train_cmd], env=tool_env(),
-                              stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
-    outcome = {}
-    killer = threading.Thread(target=kill_after_first_checkpoint,
-                              args=(victim, killed_dir, outcome, 600))
-    killer.start()
-    reference = make_runner(train_tool, config, tmp_path / 'reference',
-                            options)
-    reference.train()
-    killer.join()
-    assert 'error' not in outcome, outcome.get('error')
-    assert victim.returncode == -signal.SIGKILL
+    def train_reference():
+        runner = make_runner(train_tool, config, tmp_path / 'reference',
+                             options)
+        runner.train()
+        return runner
 
-    run([*train_cmd, '--resume'], tool_env(), timeout=600)
+    reference, resumed_iter, after_resume = kill_and_resume(
+        train_cmd, killed_dir, train_reference, timeout=600)
 
-    resumed = re.search(r'resumed epoch: (\d+), iter: (\d+)',
-                        run_logs(killed_dir)[-1])
-    assert resumed, 'the second run did not resume'
-    resumed_iter = int(resumed.group(2))
     assert 0 < resumed_iter < PLANNED_ITERS
     reference_lr = reference.message_hub.get_scalar('train/lr').data[0]
-    after_resume = logged_lr(killed_dir)
     assert sorted(after_resume) == list(
         range(resumed_iter + 1, PLANNED_ITERS + 1))
     assert after_resume == pytest.approx(
