@@ -11,10 +11,12 @@ never inside the Tokens-to-Token stem.
 """
 import math
 import re
+from functools import partial
 from typing import Optional, Sequence
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from mmengine.model import BaseModule
 from mmengine.model.weight_init import trunc_normal_
 from mmpretrain.models.backbones.t2t_vit import (T2T_ViT, T2TModule,
@@ -108,6 +110,17 @@ class PerformerT2TModule(T2TModule):
                                          kernel_ratio)
 
 
+def fix_attention_scale(attn: nn.Module, scale: float):
+    """Make mmpretrain's ``MultiheadAttention`` multiply q.k by ``scale``.
+
+    mmpretrain 1.2.0 ignores a given ``qk_scale`` and *divides* the logits
+    by ``head_dims ** -0.5`` (64x too sharp for T2T-ViT-7's blocks), and its
+    ``T2TTransformerLayer`` always passes ``qk_scale``.
+    """
+    attn.scaled_dot_product_attention = partial(
+        F.scaled_dot_product_attention, scale=scale)
+
+
 class PET2TTransformerLayer(T2TTransformerLayer):
     """T2T block with ``attn(ln1(x) + pe)``; no parameters of its own."""
 
@@ -135,6 +148,10 @@ class PET2TViT(T2T_ViT):
         t2t_cfg (dict): ``token_dims`` and ``kernel_ratio`` of the stem, and
             ``use_performer`` (True: the official T2T-ViT-7..14 stem; False:
             mmpretrain's transformer stem, T2T-ViT_t).
+        qk_scale (float, optional): Attention scale of the blocks; None is
+            ``head_dims ** -0.5`` (the official training code). The released
+            official T2T-ViT-7 weights need ``256 ** -0.5`` (their
+            ``t2t_vit_7(pretrained=True)``).
         frozen_parts (Sequence[str]): Parameters (names or module prefixes
             inside the backbone) kept frozen, e.g. what T2T's transfer
             learning leaves out of its optimizer.
@@ -170,6 +187,7 @@ class PET2TViT(T2T_ViT):
                  pos_source: str = 'sinusoidal',
                  pe_norm_cfg: dict = dict(type='LN'),
                  t2t_cfg: dict = dict(),
+                 qk_scale: Optional[float] = None,
                  frozen_parts: Sequence[str] = (),
                  **kwargs):
         if isinstance(arch, str):
@@ -201,9 +219,16 @@ class PET2TViT(T2T_ViT):
                 embed_dims=arch['embed_dims'],
                 kernel_ratio=kernel_ratio,
                 **t2t_cfg)
+        else:  # the transformer stem scales by its input width (official)
+            for attn in (self.tokens_to_token.attention1.attn,
+                         self.tokens_to_token.attention2.attn):
+                fix_attention_scale(
+                    attn, (attn.input_dims // attn.num_heads)**-0.5)
         for layer in self.encoder:
             # Only forward changes: parameters, names and init are kept.
             layer.__class__ = PET2TTransformerLayer
+            fix_attention_scale(layer.attn,
+                                qk_scale or layer.attn.head_dims**-0.5)
         # The PE lives in self.pe (a parameter, counted as T2T counts it);
         # mmpretrain's buffer would hold a second copy.
         del self.pos_embed
@@ -232,6 +257,12 @@ class PET2TViT(T2T_ViT):
                                  'of this backbone.')
             for name in hits:
                 named[name].requires_grad = False
+
+    def train(self, mode: bool = True):
+        # mmpretrain's BaseBackbone.train() returns None; nn.Module's
+        # contract (and ``model.eval()`` chains) expect the module itself.
+        super().train(mode)
+        return self
 
     def init_weights(self):
         # mmpretrain's T2T_ViT.init_weights assumes a class token.
