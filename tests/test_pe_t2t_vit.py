@@ -525,3 +525,84 @@ def test_converter_script_writes_a_checkpoint_the_pvg_model_loads(tmp_path):
     torch.testing.assert_close(
         model.backbone.encoder[3].ffn.layers[1].weight,
         official.blocks[3].mlp.fc2.weight)
+
+
+# ----- CIFAR-100 transfer through tools/train.py ---------------------------
+def tiny_options(arch=TINY_ARCH, img=32):
+    """``--cfg-options`` that shrink T2T-ViT-7 to a 2x2-token model."""
+    options = ['model.backbone.arch._delete_=True']
+    options += [f'model.backbone.arch.{k}={v}' for k, v in arch.items()]
+    return options + [f'model.backbone.img_size={img}',
+                      'model.backbone.t2t_cfg.token_dims=16',
+                      f"model.head.in_channels={arch['embed_dims']}"]
+
+
+def test_transfer_config_trains_from_the_imagenet_checkpoint(
+        tmp_path, train_tool, make_runner, one_thread):
+    from mmmpvg.datasets import make_cifar100
+
+    # A saved ImageNet MPVG model (1000-class head) as mmengine writes it
+    # with EMAHook: `state_dict` holds the EMA weights.
+    imagenet_cfg = Config.fromfile(IN1K['mpvg'])
+    imagenet_cfg.model.backbone.update(arch=TINY_ARCH, img_size=32,
+                                       t2t_cfg=dict(token_dims=16))
+    imagenet_cfg.model.head.in_channels = TINY_ARCH['embed_dims']
+    imagenet = randomised(MODELS.build(imagenet_cfg.model), seed=9)
+    ema = {k: v.clone() for k, v in imagenet.state_dict().items()}
+    checkpoint = tmp_path / 'imagenet_ema.pth'
+    torch.save(dict(state_dict=ema, meta=dict(epoch=310)), checkpoint)
+
+    data = make_cifar100(str(tmp_path / 'cifar'), num_train=8, num_test=4)
+    options = tiny_options() + [
+        'custom_imports.imports=[mmmpvg.models,mmmpvg.datasets]',
+        f'model.backbone.init_cfg.checkpoint={checkpoint}',
+        'train_dataloader.dataset.pipeline.0.scale=32',
+        'train_dataloader.dataset.pipeline.1.crop_size=32',
+        'train_dataloader.dataset.pipeline.1.padding=4',
+        'val_dataloader.dataset.pipeline.0.scale=32',
+        'test_dataloader.dataset.pipeline.0.scale=32',
+        'train_cfg.max_epochs=1',
+        'randomness.seed=0',
+        'default_hooks.logger.interval=1',
+    ]
+    for loader in ('train', 'val', 'test'):
+        options += [f'{loader}_dataloader.dataset.type=GeneratedCIFAR100',
+                    f'{loader}_dataloader.dataset.data_root={data}',
+                    f'{loader}_dataloader.num_workers=0',
+                    f'{loader}_dataloader.batch_size=4']
+    runner = make_runner(train_tool, CIFAR['mpvg'], tmp_path / 'work',
+                         options)
+    runner.train()
+
+    model = runner.model
+    loaded = {'backbone.' + k: v for k, v in
+              model.backbone.state_dict().items()}
+    for name in ('backbone.norm.weight', 'backbone.pe.last_pos_norm.bias',
+                 'backbone.pe.pos_embed',
+                 'backbone.tokens_to_token.attention2.w'):
+        # frozen: still the ImageNet EMA value after two SGD steps
+        torch.testing.assert_close(loaded[name], ema[name])
+    for name in ('backbone.encoder.1.attn.qkv.weight',
+                 'backbone.pe.layer_norms.1.weight',
+                 'backbone.tokens_to_token.project.bias'):
+        # loaded, then moved a little at 0.01 x lr
+        assert not torch.equal(loaded[name], ema[name])
+        torch.testing.assert_close(loaded[name], ema[name], atol=1e-2,
+                                   rtol=0)
+    head = model.head.layers.head
+    assert head.weight.shape == (100, 32)
+    # re-initialised (TruncNormal std 0.02), not the ImageNet head's rows
+    assert 0.01 < head.weight.std().item() < 0.04
+    assert not torch.allclose(head.weight,
+                              ema['head.layers.head.weight'][:100],
+                              atol=1e-2)
+    names = {id(p): n for n, p in model.named_parameters()}
+    initial = {names[id(p)]: group['initial_lr']
+               for group in runner.optim_wrapper.param_groups
+               for p in group['params'] if id(p) in names}
+    assert initial['head.layers.head.weight'] == pytest.approx(5e-2)
+    assert initial['backbone.encoder.0.ln1.weight'] == pytest.approx(5e-4)
+    assert initial['backbone.pe.layer_norms.1.bias'] == pytest.approx(5e-4)
+    assert initial['backbone.tokens_to_token.attention1.kqv.weight'] == \
+        pytest.approx(5e-4)
+    assert 'backbone.norm.weight' not in initial
