@@ -212,6 +212,8 @@ class PET2TViT(T2T_ViT):
                             feedforward_channels=arch['feedforward_channels']),
             t2t_cfg=t2t_cfg,
             **kwargs)
+        # The training image size (h, w) the PE is stored for.
+        self.img_size = to_2tuple(kwargs.get('img_size', 224))
         if use_performer:
             self.tokens_to_token = PerformerT2TModule(
                 img_size=kwargs.get('img_size', 224),
