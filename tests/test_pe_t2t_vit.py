@@ -246,6 +246,20 @@ def test_performer_is_official_token_performer():
     assert names == sorted(n for n, _ in ref.named_parameters())
 
 
+def test_performer_kernel_stays_fp32_under_autocast():
+    torch.manual_seed(0)
+    performer = build_backbone('default').tokens_to_token.attention1.eval()
+    q, k, v = torch.randn(3, 2, 64, 64).unbind(0)
+    with torch.no_grad():
+        full = performer.linear_attention(q, k, v)
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            amp = performer.linear_attention(q, k, v)
+            x = torch.randn(2, 64, 147)
+            assert performer(x).dtype == torch.bfloat16  # the Linears
+    assert amp.dtype == torch.float32
+    torch.testing.assert_close(amp, full, rtol=0, atol=0)
+
+
 def test_official_w_is_orthogonal_and_scaled():
     w = build_backbone('default').tokens_to_token.attention1.w
     # rows orthogonal, each of norm sqrt(m) = sqrt(32)

@@ -74,12 +74,20 @@ class TokenPerformer(BaseModule):
         half_norm = x.pow(2).sum(-1, keepdim=True) / 2
         return torch.exp(projected - half_norm) / math.sqrt(self.w.shape[0])
 
+    def linear_attention(self, q: torch.Tensor, k: torch.Tensor,
+                         v: torch.Tensor) -> torch.Tensor:
+        """``phi(q) (phi(k)^T v) / (phi(q) sum_n phi(k_n))``, in fp32 even
+        under AMP: ``w.x - |x|^2 / 2`` is a difference of large terms that
+        half precision would round before the exp."""
+        with torch.autocast(v.device.type, enabled=False):
+            k_feat, q_feat = self.random_features(k), self.random_features(q)
+            normaliser = q_feat @ k_feat.sum(dim=1).unsqueeze(-1)  # (B, N, 1)
+            context = k_feat.transpose(1, 2) @ v.float()  # (B, m, C)
+            return (q_feat @ context) / (normaliser + self.eps)
+
     def attention(self, x: torch.Tensor) -> torch.Tensor:
         k, q, v = self.kqv(x).split(self.embed_dims, dim=-1)
-        k_feat, q_feat = self.random_features(k), self.random_features(q)
-        normaliser = q_feat @ k_feat.sum(dim=1).unsqueeze(-1)  # (B, N, 1)
-        context = k_feat.transpose(1, 2) @ v.float()  # (B, m, C)
-        out = (q_feat @ context) / (normaliser + self.eps)
+        out = self.linear_attention(q, k, v)
         return v + self.attn_drop(self.proj(out.to(v.dtype)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
