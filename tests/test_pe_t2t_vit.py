@@ -5,6 +5,7 @@ import math
 import os.path as osp
 import subprocess
 import sys
+import uuid
 
 import pytest
 import torch
@@ -32,9 +33,9 @@ CIFAR = {m: osp.join(REPO, 'configs/t2t_vit/'
 # Official T2T-ViT-7 (spec paper-backbones.md §3), all parameters counted as
 # the official main.py does (frozen sinusoidal PE and Performer `w` too):
 #   Performer 1: kqv 147*192+192 + proj 64*64+64 + LN(147) 294 + LN(64) 128
-#                + mlp 2*(64*64+64)                          =  41,318 + w 2,048
+#                + mlp 2*(64*64+64)                         =  41,318 + w 2,048
 #   Performer 2: kqv 576*192+192 + proj 4,160 + LN(576) 1,152 + LN(64) 128
-#                + mlp 8,320                                 = 124,544 + w 2,048
+#                + mlp 8,320                                = 124,544 + w 2,048
 #   project 576*256+256 = 147,712; cls 256; pos 197*256 = 50,432
 #   7 blocks x (LN 512 + qkv 256*768 + proj 65,792 + LN 512
 #               + fc1 131,584 + fc2 131,328 = 526,336)       = 3,684,352
@@ -553,20 +554,40 @@ def tiny_options(arch=TINY_ARCH, img=32):
 
 def test_transfer_config_trains_from_the_imagenet_checkpoint(
         tmp_path, train_tool, make_runner, one_thread):
-    from mmmpvg.datasets import make_cifar100
+    from mmengine.runner import Runner
 
-    # A saved ImageNet MPVG model (1000-class head) as mmengine writes it
-    # with EMAHook: `state_dict` holds the EMA weights.
+    from mmmpvg.datasets import make_cifar100
+    from mmmpvg.engine import enable_amp
+
+    data = make_cifar100(str(tmp_path / 'cifar'), num_train=8, num_test=4)
+    # A short run of the ImageNet MPVG config (tiny arch, the generated
+    # images instead of ImageNet's files, --amp as the official command):
+    # Mixup/CutMix, AdamW, EMAHook. Its checkpoint holds the EMA weights in
+    # `state_dict` and the raw ones in `ema_state_dict` (EMAHook's swap).
     imagenet_cfg = Config.fromfile(IN1K['mpvg'])
     imagenet_cfg.model.backbone.update(arch=TINY_ARCH, img_size=32,
                                        t2t_cfg=dict(token_dims=16))
     imagenet_cfg.model.head.in_channels = TINY_ARCH['embed_dims']
-    imagenet = randomised(MODELS.build(imagenet_cfg.model), seed=9)
-    ema = {k: v.clone() for k, v in imagenet.state_dict().items()}
-    checkpoint = tmp_path / 'imagenet_ema.pth'
-    torch.save(dict(state_dict=ema, meta=dict(epoch=310)), checkpoint)
+    pipeline = [dict(type='RandomFlip', prob=0.5), dict(type='PackInputs')]
+    for loader in ('train', 'val', 'test'):
+        imagenet_cfg[f'{loader}_dataloader'].update(
+            batch_size=4, num_workers=0, persistent_workers=False,
+            dataset=dict(type='GeneratedCIFAR100', data_root=data,
+                         split='train' if loader == 'train' else 'test',
+                         pipeline=pipeline))
+    imagenet_cfg.update(
+        work_dir=str(tmp_path / 'imagenet'),
+        experiment_name=f'in1k-{uuid.uuid4().hex}',
+        custom_imports=dict(imports=['mmmpvg.models', 'mmmpvg.datasets']),
+        train_cfg=dict(by_epoch=True, max_epochs=1, val_interval=1),
+        val_evaluator=dict(type='Accuracy', topk=(1, )),
+        test_evaluator=dict(type='Accuracy', topk=(1, )))
+    Runner.from_cfg(enable_amp(imagenet_cfg)).train()
+    checkpoint = tmp_path / 'imagenet' / 'epoch_1.pth'
+    saved = torch.load(checkpoint, map_location='cpu', weights_only=False)
+    ema, raw = saved['state_dict'], saved['ema_state_dict']
+    assert ema['head.layers.head.weight'].shape == (1000, 32)
 
-    data = make_cifar100(str(tmp_path / 'cifar'), num_train=8, num_test=4)
     options = tiny_options() + [
         'custom_imports.imports=[mmmpvg.models,mmmpvg.datasets]',
         f'model.backbone.init_cfg.checkpoint={checkpoint}',
@@ -595,7 +616,10 @@ def test_transfer_config_trains_from_the_imagenet_checkpoint(
                  'backbone.pe.pos_embed',
                  'backbone.tokens_to_token.attention2.w'):
         # frozen: still the ImageNet EMA value after two SGD steps
-        torch.testing.assert_close(loaded[name], ema[name])
+        torch.testing.assert_close(loaded[name], ema[name], rtol=0, atol=0)
+    # the EMA weights were loaded, not the raw ones
+    name = 'backbone.norm.weight'
+    assert not torch.equal(ema[name], raw['module.' + name])
     for name in ('backbone.encoder.1.attn.qkv.weight',
                  'backbone.pe.layer_norms.1.weight',
                  'backbone.tokens_to_token.project.bias'):

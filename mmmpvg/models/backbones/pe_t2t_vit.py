@@ -297,8 +297,8 @@ class PET2TViT(T2T_ViT):
         side = math.isqrt(rows)
         if side * side != rows:
             raise ValueError(
-                f'{name} has {stored.shape[1]} rows: not {self.num_extra_tokens}'
-                ' extra token(s) plus a square grid.')
+                f'{name} has {stored.shape[1]} rows: not '
+                f'{self.num_extra_tokens} extra token(s) plus a square grid.')
         state_dict[name] = resize_pos_embed(
             stored, to_2tuple(side), self.patch_resolution,
             self.interpolate_mode, self.num_extra_tokens)
