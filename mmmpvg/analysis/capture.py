@@ -7,7 +7,9 @@ measured.
 
 Hooked boundaries (``l`` counts layers from 0, as ``backbone.layers[l]``;
 for :class:`PESwinTransformer` layer ``l`` is ``backbone.blocks[l]``, the
-blocks of all stages in order, and its ``ln1`` is the block's ``norm1``):
+blocks of all stages in order, and its ``ln1`` is the block's ``norm1``;
+for :class:`PET2TViT` it is ``backbone.encoder[l]``, the blocks after the
+Tokens-to-Token stem, and the Last LN is ``backbone.norm``):
 
 * ``pe`` (output): the :class:`PEPlan` of the pass and the patch grid.
 * ``layers[l]`` (forward-pre, with kwargs): ``x_l``, the residual stream
@@ -31,7 +33,8 @@ from typing import List, NamedTuple, Optional, Tuple
 import torch
 import torch.nn as nn
 
-from ..models.backbones import PESwinTransformer, PEVisionTransformer
+from ..models.backbones import (PESwinTransformer, PET2TViT,
+                                PEVisionTransformer)
 from ..models.position_embedding import PEPlan
 
 
@@ -94,7 +97,8 @@ def _detach(tensor: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
     return None if tensor is None else tensor.detach()
 
 
-PE_BACKBONES = (PEVisionTransformer, PESwinTransformer)
+PE_BACKBONES = (PEVisionTransformer, PESwinTransformer, PET2TViT)
+PE_BACKBONE_NAMES = ' / '.join(cls.__name__ for cls in PE_BACKBONES)
 
 
 def find_pe_backbone(model: nn.Module) -> nn.Module:
@@ -102,7 +106,7 @@ def find_pe_backbone(model: nn.Module) -> nn.Module:
     found = [m for m in model.modules() if isinstance(m, PE_BACKBONES)]
     if len(found) != 1:
         raise ValueError(
-            f'Expected exactly one PEVisionTransformer or PESwinTransformer '
+            f'Expected exactly one {PE_BACKBONE_NAMES} '
             f'in the model, found {len(found)} ({type(model).__name__}); '
             'the analysis tools read the position embedding of mmmpvg '
             'backbones.')
@@ -113,6 +117,8 @@ def pe_layers(backbone: nn.Module) -> List[Tuple[nn.Module, nn.Module]]:
     """(layer, the norm whose output meets the PE) for every layer."""
     if isinstance(backbone, PESwinTransformer):
         return [(block, block.norm1) for block in backbone.blocks]
+    if isinstance(backbone, PET2TViT):
+        return [(layer, layer.ln1) for layer in backbone.encoder]
     return [(layer, layer.ln1) for layer in backbone.layers]
 
 
@@ -120,11 +126,16 @@ def last_norm_of(backbone: nn.Module) -> Optional[nn.Module]:
     """The Last LN (Swin: the last stage's norm, if it is an output)."""
     if isinstance(backbone, PESwinTransformer):
         return getattr(backbone, f'norm{len(backbone.stages) - 1}', None)
+    if isinstance(backbone, PET2TViT):
+        return backbone.norm if backbone.final_norm else None
     return backbone.last_norm
 
 
 def global_pool_of(backbone: nn.Module) -> str:
-    """How the classifier pools: Swin has no class token (GAP neck)."""
+    """How the classifier pools: Swin has no class token (GAP neck), T2T
+    pools as its ``out_type`` says."""
+    if isinstance(backbone, PET2TViT):
+        return 'cls' if backbone.out_type == 'cls_token' else 'avg'
     return getattr(backbone, 'global_pool', 'avg')
 
 
@@ -140,9 +151,8 @@ class PECapture:
 
     def __init__(self, backbone: nn.Module):
         if not isinstance(backbone, PE_BACKBONES):
-            raise TypeError('PECapture needs a PEVisionTransformer or '
-                            'PESwinTransformer, got '
-                            f'{type(backbone).__name__}.')
+            raise TypeError(f'PECapture needs one of {PE_BACKBONE_NAMES}, '
+                            f'got {type(backbone).__name__}.')
         self.backbone = backbone
         self.layers = pe_layers(backbone)
         self.last_norm = last_norm_of(backbone)

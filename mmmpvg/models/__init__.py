@@ -1,11 +1,13 @@
 """Models registered in mmpretrain's registry (import via custom_imports)."""
-from .backbones import (PESwinBlock, PESwinTransformer, PETransformerLayer,
-                        PEVisionTransformer)
+from .backbones import (PerformerT2TModule, PESwinBlock, PESwinTransformer,
+                        PET2TTransformerLayer, PET2TViT, PETransformerLayer,
+                        PEVisionTransformer, TokenPerformer)
 from .position_embedding import (PE_METHODS, LayerwisePositionEmbedding,
                                  PEPlan, add_pe, resolve_pe_cfg)
 
 __all__ = [
     'PEVisionTransformer', 'PETransformerLayer', 'PESwinTransformer',
-    'PESwinBlock', 'LayerwisePositionEmbedding', 'PEPlan', 'PE_METHODS',
+    'PESwinBlock', 'PET2TViT', 'PET2TTransformerLayer', 'PerformerT2TModule',
+    'TokenPerformer', 'LayerwisePositionEmbedding', 'PEPlan', 'PE_METHODS',
     'add_pe', 'resolve_pe_cfg'
 ]

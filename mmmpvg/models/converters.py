@@ -13,6 +13,11 @@ layer 0's PE norm. Every such change is reported.
 Swin (timm / official microsoft Swin -> PESwinTransformer, i.e. mmpretrain's
 Swin names): names change, and each PatchMerging's 4C channels are reordered
 from the 2x2 concatenation (x0, x1, x2, x3) to mmcv's ``nn.Unfold`` order.
+
+T2T-ViT (official yitu-opensource Performer T2T-ViT -> PET2TViT, i.e.
+mmpretrain's T2T_ViT names): the stem keeps the official names, the blocks
+take mmpretrain's; the class-token row of the sinusoidal ``pos_embed`` is
+dropped for a GAP target, as for DeiT.
 """
 import argparse
 import math
@@ -343,6 +348,99 @@ def convert_swin_state_dict(
         notes.append(f'PE norms of layers {first}..{sum(depths.values()) - 1}'
                      f" are new in method {knobs['method']!r}: left at "
                      'initialisation')
+    if knobs['last_norm_pos'] is not None:
+        notes.append('pe.last_pos_norm (PE term of the Last LN) is new: '
+                     'left at initialisation')
+    return converted, notes
+
+
+# official T2T-ViT name -> PET2TViT name (within the backbone)
+_T2T_RENAMES = [
+    (r'^tokens_to_token\.(attention[12]\.(w|(kqv|proj|norm1|norm2|mlp\.0|'
+     r'mlp\.2)\.(weight|bias))|project\.(weight|bias))$',
+     r'tokens_to_token.\1'),
+    (r'^blocks\.(\d+)\.norm1\.', r'encoder.\1.ln1.'),
+    (r'^blocks\.(\d+)\.norm2\.', r'encoder.\1.ln2.'),
+    (r'^blocks\.(\d+)\.attn\.(qkv|proj)\.', r'encoder.\1.attn.\2.'),
+    (r'^blocks\.(\d+)\.mlp\.fc1\.', r'encoder.\1.ffn.layers.0.0.'),
+    (r'^blocks\.(\d+)\.mlp\.fc2\.', r'encoder.\1.ffn.layers.1.'),
+    (r'^norm\.', 'norm.'),
+    (r'^pos_embed$', 'pe.pos_embed'),
+    (r'^cls_token$', 'cls_token'),
+]
+
+
+def t2t_checkpoint_weights(checkpoint: dict,
+                           use_ema: bool = True) -> Dict[str, torch.Tensor]:
+    """The weights in an official T2T-ViT (timm) checkpoint, as the
+    official ``load_state_dict`` picks them: ``state_dict_ema`` when asked
+    and present, else ``state_dict``, else the dict itself; ``module.``
+    (DataParallel) prefixes stripped."""
+    key = 'state_dict_ema' if use_ema and 'state_dict_ema' in checkpoint \
+        else 'state_dict'
+    weights = checkpoint.get(key, checkpoint)
+    return {k[len('module.'):] if k.startswith('module.') else k: v
+            for k, v in weights.items()}
+
+
+def convert_t2t_state_dict(
+        state_dict: Dict[str, torch.Tensor],
+        pe_cfg: Optional[dict],
+        with_cls_token: bool = True,
+        head_key: str = 'head.layers.head',
+) -> Tuple[Dict[str, torch.Tensor], List[str]]:
+    """Map an official (Performer) T2T-ViT ``state_dict`` onto an mmpretrain
+    classifier with a :class:`PET2TViT` backbone.
+
+    Args:
+        state_dict: Official weights (see :func:`t2t_checkpoint_weights`).
+        pe_cfg: Target PE config, e.g. ``dict(method='mpvg')``.
+        with_cls_token: Whether the target has a class token (Default and
+            LaPE) or pools globally (PVG and MPVG).
+        head_key: Where the classifier's Linear lives in the mmpretrain
+            model.
+
+    Returns:
+        The converted state dict and the notes on what was dropped or left
+        at initialisation.
+    """
+    notes = []
+    blocks = [int(m.group(1)) for k in state_dict
+              if (m := re.match(r'blocks\.(\d+)\.', k))]
+    if not blocks:
+        raise KeyError('No blocks.<i> keys: not an official T2T-ViT '
+                       'checkpoint?')
+    if any(k.startswith('tokens_to_token.attention1.attn.')
+           for k in state_dict):
+        raise KeyError('This is a transformer-stem T2T-ViT_t checkpoint; '
+                       'PET2TViT converts the Performer stem only.')
+    knobs = resolve_pe_cfg(pe_cfg, max(blocks) + 1, with_cls_token)
+
+    converted = {}
+    for key, value in state_dict.items():
+        if key.startswith('head.'):
+            converted[head_key + key[len('head'):]] = value
+            continue
+        if key == 'cls_token' and not with_cls_token:
+            notes.append('dropped cls_token: the target uses global average '
+                         'pooling')
+            continue
+        if key == 'pos_embed' and not with_cls_token:
+            value = value[:, 1:]
+            notes.append('pos_embed: dropped the class-token row to match '
+                         'the target')
+        for pattern, replacement in _T2T_RENAMES:
+            new_key, hits = re.subn(pattern, replacement, key)
+            if hits:
+                converted['backbone.' + new_key] = value
+                break
+        else:
+            raise KeyError(f'Unexpected key {key!r}: not an official '
+                           'T2T-ViT checkpoint?')
+    if knobs['layerwise']:
+        first = 0 if knobs['include_layer0'] else 1
+        notes.append(f'PE norms of layers {first}..{max(blocks)} are new in '
+                     f"method {knobs['method']!r}: left at initialisation")
     if knobs['last_norm_pos'] is not None:
         notes.append('pe.last_pos_norm (PE term of the Last LN) is new: '
                      'left at initialisation')
