@@ -1,11 +1,11 @@
 """Models registered in mmpretrain's registry (import via custom_imports)."""
-from .backbones import (PESwinBlock, PESwinTransformer, PETransformerLayer,
-                        PEVisionTransformer)
+from .backbones import (PECeiT, PESwinBlock, PESwinTransformer,
+                        PETransformerLayer, PEVisionTransformer, PEViTLite)
 from .position_embedding import (PE_METHODS, LayerwisePositionEmbedding,
                                  PEPlan, add_pe, resolve_pe_cfg)
 
 __all__ = [
     'PEVisionTransformer', 'PETransformerLayer', 'PESwinTransformer',
-    'PESwinBlock', 'LayerwisePositionEmbedding', 'PEPlan', 'PE_METHODS',
+    'PESwinBlock', 'PECeiT', 'PEViTLite', 'LayerwisePositionEmbedding', 'PEPlan', 'PE_METHODS',
     'add_pe', 'resolve_pe_cfg'
 ]
