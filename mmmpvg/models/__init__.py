@@ -6,6 +6,6 @@ from .position_embedding import (PE_METHODS, LayerwisePositionEmbedding,
 
 __all__ = [
     'PEVisionTransformer', 'PETransformerLayer', 'PESwinTransformer',
-    'PESwinBlock', 'PECeiT', 'PEViTLite', 'LayerwisePositionEmbedding', 'PEPlan', 'PE_METHODS',
-    'add_pe', 'resolve_pe_cfg'
+    'PESwinBlock', 'PECeiT', 'PEViTLite', 'LayerwisePositionEmbedding',
+    'PEPlan', 'PE_METHODS', 'add_pe', 'resolve_pe_cfg'
 ]
