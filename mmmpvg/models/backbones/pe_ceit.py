@@ -184,7 +184,7 @@ class LayerwiseClassAttention(BaseModule):
             feedforward_channels=feedforward_channels,
             num_fcs=2,
             ffn_drop=drop_rate,
-            add_identity=True)
+            act_cfg=dict(type='GELU'))
 
     def forward(self, layer_tokens: torch.Tensor) -> torch.Tensor:
         """(B, L, C) per-layer tokens -> (B, 1, C)."""
@@ -318,6 +318,12 @@ class PECeiT(BaseBackbone):
                 f'the patch size {self.patch_size}: use a multiple of '
                 f'{4 * self.patch_size}.')
         return tuple(f // self.patch_size for f in features)
+
+    def train(self, mode: bool = True):
+        # mmpretrain's BaseBackbone.train() returns None; nn.Module's
+        # contract (and ``model.eval()`` chains) expect the module itself.
+        super().train(mode)
+        return self
 
     def init_weights(self):
         super().init_weights()
