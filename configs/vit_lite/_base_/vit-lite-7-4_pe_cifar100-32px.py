@@ -7,7 +7,8 @@ _base_ = [
     'mmpretrain::_base_/default_runtime.py',
 ]
 
-custom_imports = dict(imports=['mmmpvg.models'], allow_failed_imports=False)
+custom_imports = dict(
+    imports=['mmmpvg.models', 'mmmpvg.datasets'], allow_failed_imports=False)
 
 model = dict(
     type='ImageClassifier',
