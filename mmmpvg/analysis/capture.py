@@ -17,6 +17,8 @@ blocks of all stages in order, and its ``ln1`` is the block's ``norm1``):
 * ``last_norm`` (input and output): ``x_out``, the output of the last layer,
   and ``LN(x_out)``; ``None`` for a backbone without a Last LN (a
   ViT-Adapter that does not use it). Swin's is the last stage's norm.
+  CeiT's Last LN normalises the one token the LCA makes, not a token map,
+  so it is not recorded (the per-layer maps, Fig. 4, are).
 
 A staged backbone (Swin) has one token grid per stage; each layer's grid is
 recorded and :meth:`ForwardRecord.patch_grid` lays tokens out on the grid
@@ -31,7 +33,8 @@ from typing import List, NamedTuple, Optional, Tuple
 import torch
 import torch.nn as nn
 
-from ..models.backbones import PESwinTransformer, PEVisionTransformer
+from ..models.backbones import (PECeiT, PESwinTransformer,
+                                PEVisionTransformer)
 from ..models.position_embedding import PEPlan
 
 
@@ -94,7 +97,10 @@ def _detach(tensor: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
     return None if tensor is None else tensor.detach()
 
 
-PE_BACKBONES = (PEVisionTransformer, PESwinTransformer)
+# PEVisionTransformer includes its subclass PEViTLite.
+PE_BACKBONES = (PEVisionTransformer, PESwinTransformer, PECeiT)
+PE_BACKBONE_NAMES = ('PEVisionTransformer, PEViTLite, PESwinTransformer or '
+                     'PECeiT')
 
 
 def find_pe_backbone(model: nn.Module) -> nn.Module:
@@ -102,8 +108,8 @@ def find_pe_backbone(model: nn.Module) -> nn.Module:
     found = [m for m in model.modules() if isinstance(m, PE_BACKBONES)]
     if len(found) != 1:
         raise ValueError(
-            f'Expected exactly one PEVisionTransformer or PESwinTransformer '
-            f'in the model, found {len(found)} ({type(model).__name__}); '
+            f'Expected exactly one {PE_BACKBONE_NAMES} in the model, '
+            f'found {len(found)} ({type(model).__name__}); '
             'the analysis tools read the position embedding of mmmpvg '
             'backbones.')
     return found[0]
@@ -117,7 +123,10 @@ def pe_layers(backbone: nn.Module) -> List[Tuple[nn.Module, nn.Module]]:
 
 
 def last_norm_of(backbone: nn.Module) -> Optional[nn.Module]:
-    """The Last LN (Swin: the last stage's norm, if it is an output)."""
+    """The Last LN (Swin: the last stage's norm, if it is an output; CeiT:
+    none, its Last LN sees only the LCA token)."""
+    if isinstance(backbone, PECeiT):
+        return None
     if isinstance(backbone, PESwinTransformer):
         return getattr(backbone, f'norm{len(backbone.stages) - 1}', None)
     return backbone.last_norm
@@ -140,8 +149,7 @@ class PECapture:
 
     def __init__(self, backbone: nn.Module):
         if not isinstance(backbone, PE_BACKBONES):
-            raise TypeError('PECapture needs a PEVisionTransformer or '
-                            'PESwinTransformer, got '
+            raise TypeError(f'PECapture needs a {PE_BACKBONE_NAMES}, got '
                             f'{type(backbone).__name__}.')
         self.backbone = backbone
         self.layers = pe_layers(backbone)
