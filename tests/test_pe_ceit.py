@@ -5,11 +5,14 @@ import os.path as osp
 import subprocess
 import sys
 
+import mmcv
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 import yaml
 from mmengine.config import Config
+from mmengine.runner import Runner
 from mmpretrain.registry import MODELS
 
 import mmmpvg.models  # noqa: F401  (registers PECeiT)
@@ -356,3 +359,34 @@ def test_converter_script_writes_a_checkpoint_the_mpvg_model_loads(tmp_path):
         [f'backbone.pe.layer_norms.{i}.{w}' for i in range(DEPTH)
          for w in ('weight', 'bias')] +
         [f'backbone.pe.last_pos_norm.{w}' for w in ('weight', 'bias')])
+
+
+@pytest.mark.usefixtures('one_thread')
+def test_imagenet_config_runs_its_recipe_for_two_iterations(tmp_path):
+    """The shipped MPVG config (full CeiT-Ti at 224, RandAugment, erasing,
+    Mixup/CutMix, RepeatAugSampler, EMA) on an 8-image folder data set."""
+    rng = np.random.default_rng(0)
+    for index in range(8):
+        mmcv.imwrite(rng.integers(0, 256, (72, 96, 3), dtype=np.uint8),
+                     str(tmp_path / 'data' / f'c{index % 2}' / f'{index}.png'))
+    cfg = Config.fromfile(config_of('mpvg'))
+    cfg.train_dataloader.update(batch_size=4, num_workers=0,
+                                persistent_workers=False)
+    cfg.train_dataloader.dataset = dict(
+        type='CustomDataset', data_root=str(tmp_path / 'data'),
+        pipeline=cfg.train_dataloader.dataset.pipeline)
+    for key in ('val_dataloader', 'val_evaluator', 'val_cfg',
+                'test_dataloader', 'test_evaluator', 'test_cfg'):
+        cfg[key] = None
+    cfg.train_cfg = dict(by_epoch=True, max_epochs=1)
+    cfg.work_dir = str(tmp_path / 'work')
+    cfg.default_hooks.logger.interval = 1
+    cfg.experiment_name = 'ceit-recipe'
+    runner = Runner.from_cfg(cfg)
+    before = runner.model.backbone.pe.last_pos_norm.weight.clone()
+    runner.train()
+    losses = runner.message_hub.get_scalar('train/loss').data[0]
+    assert len(losses) == 2 and np.isfinite(losses).all()
+    assert not torch.equal(before,
+                           runner.model.backbone.pe.last_pos_norm.weight)
+    assert osp.exists(tmp_path / 'work' / 'epoch_1.pth')

@@ -133,8 +133,8 @@ def reference_logits(sd, images, rules, pe_norms, last_norm):
 
 
 def config_of(method):
-    return osp.join(
-        REPO, f'configs/vit_lite/vit-lite-7-4_{method}_1xb128_cifar100-32px.py')
+    return osp.join(REPO, 'configs/vit_lite/'
+                    f'vit-lite-7-4_{method}_1xb128_cifar100-32px.py')
 
 
 @pytest.mark.parametrize('method', sorted(TABLE2_VIT_LITE))
