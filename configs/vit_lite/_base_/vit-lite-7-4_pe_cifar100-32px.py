@@ -82,7 +82,8 @@ param_scheduler = [
     dict(type='CosineAnnealingLR', eta_min=1e-5, by_epoch=True, begin=10,
          end=300),
 ]
-train_cfg = dict(by_epoch=True, max_epochs=310, val_interval=10)
+# CCT's train.py validates after every epoch and keeps the best.
+train_cfg = dict(by_epoch=True, max_epochs=310, val_interval=1)
 val_cfg = dict()
 test_cfg = dict()
 auto_scale_lr = dict(base_batch_size=128)

@@ -124,7 +124,10 @@ class CeiTLayer(BaseModule):
             dict(type='DropPath', drop_prob=drop_path_rate))
 
     def forward(self, x: torch.Tensor, pe: Optional[torch.Tensor] = None,
-                grid_size: Tuple[int, int] = None) -> torch.Tensor:
+                grid_size: Optional[Tuple[int, int]] = None) -> torch.Tensor:
+        if grid_size is None:
+            raise ValueError('CeiTLayer needs the token grid (h, w): LeFF '
+                             'convolves the tokens on it.')
         x = x + self.attn(add_pe(self.ln1(x), pe))
         return x + self.drop_path(
             self.leff(self.ln2(x), grid_size, self.num_extra_tokens))
