@@ -95,3 +95,15 @@ def randomised(model, seed=0):
 
 def num_params(model):
     return sum(p.numel() for p in model.parameters())
+
+
+def optimizer_groups(model, optim_wrapper_cfg):
+    """{parameter name: its param group} as the config's optimizer builds
+    them."""
+    from mmengine.optim import build_optim_wrapper
+    from mmengine.registry import DefaultScope
+    with DefaultScope.overwrite_default_scope('mmpretrain'):
+        wrapper = build_optim_wrapper(model, optim_wrapper_cfg)
+    names = {id(p): n for n, p in model.named_parameters()}
+    return {names[id(p)]: group for group in wrapper.optimizer.param_groups
+            for p in group['params']}

@@ -18,7 +18,8 @@ from mmpretrain.registry import MODELS
 import mmmpvg.models  # noqa: F401  (registers PECeiT)
 from mmmpvg.models.converters import convert_ceit_state_dict
 from pe_reference import (attention, load_pe_norms, method_rules, num_params,
-                          pe_chain, random_pe_norms, randomised)
+                          optimizer_groups, pe_chain, random_pe_norms,
+                          randomised)
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CEIT_CONFIGS = sorted(glob.glob(osp.join(REPO, 'configs/ceit/*.py')))
@@ -390,3 +391,23 @@ def test_imagenet_config_runs_its_recipe_for_two_iterations(tmp_path):
     assert not torch.equal(before,
                            runner.model.backbone.pe.last_pos_norm.weight)
     assert osp.exists(tmp_path / 'work' / 'epoch_1.pth')
+
+
+@pytest.mark.parametrize('method', ['lape', 'mpvg'])
+def test_weight_decay_groups_are_timms_with_no_weight_decay(method):
+    """timm's optimizer factory with CeiT's no_weight_decay(): no decay on
+    1-D parameters (LN, BN, biases, so every PE LN), pos_embed and
+    cls_token; pos_layer_embed is decayed."""
+    cfg = Config.fromfile(config_of(method))
+    cfg.model.backbone.update(TINY)
+    cfg.model.head.update(num_classes=CLASSES, in_channels=DIMS)
+    cfg.model.train_cfg = None
+    model = MODELS.build(cfg.model)
+    groups = optimizer_groups(model, cfg.optim_wrapper)
+    assert len(groups) == len(list(model.parameters()))
+    for name, group in groups.items():
+        no_decay = model.get_parameter(name).dim() == 1 or name.endswith(
+            ('cls_token', 'pe.pos_embed'))
+        assert group['weight_decay'] == (0 if no_decay else 0.05), name
+    assert groups['backbone.pos_layer_embed']['weight_decay'] == 0.05
+    assert groups['backbone.pe.layer_norms.1.weight']['weight_decay'] == 0

@@ -18,7 +18,8 @@ import mmmpvg.models  # noqa: F401  (registers PEViTLite)
 from mmmpvg.datasets import make_cifar100
 from mmmpvg.models.converters import convert_vit_lite_state_dict
 from pe_reference import (attention, load_pe_norms, method_rules, num_params,
-                          pe_chain, random_pe_norms, randomised)
+                          optimizer_groups, pe_chain, random_pe_norms,
+                          randomised)
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 VIT_LITE_CONFIGS = sorted(glob.glob(osp.join(REPO, 'configs/vit_lite/*.py')))
@@ -361,3 +362,21 @@ def test_cifar100_config_trains_and_tests_on_generated_cifar100(
     metrics = tester.test()
     assert 0 <= metrics['accuracy/top1'] <= 100
     assert 'accuracy/top5' in metrics
+
+
+def test_weight_decay_groups_are_timms():
+    """timm's optimizer factory (CCT lists no exceptions): no decay on 1-D
+    parameters only, so the PE LNs are not decayed but pos_0 and the class
+    token are."""
+    cfg = Config.fromfile(config_of('lape'))
+    cfg.model.backbone.update(TINY)
+    cfg.model.head.update(num_classes=CLASSES, in_channels=DIMS)
+    cfg.model.train_cfg = None
+    model = MODELS.build(cfg.model)
+    groups = optimizer_groups(model, cfg.optim_wrapper)
+    assert len(groups) == len(list(model.parameters()))
+    for name, group in groups.items():
+        decay = 0 if model.get_parameter(name).dim() == 1 else 0.06
+        assert group['weight_decay'] == decay, name
+    assert groups['backbone.pe.pos_embed']['weight_decay'] == 0.06
+    assert groups['backbone.pe.layer_norms.0.bias']['weight_decay'] == 0

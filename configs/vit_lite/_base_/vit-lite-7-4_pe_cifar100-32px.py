@@ -74,7 +74,8 @@ test_evaluator = val_evaluator
 optim_wrapper = dict(
     optimizer=dict(type='AdamW', lr=6e-4, weight_decay=0.06, eps=1e-8,
                    betas=(0.9, 0.999)),
-    paramwise_cfg=dict(norm_decay_mult=0.0, bias_decay_mult=0.0))
+    paramwise_cfg=dict(norm_decay_mult=0.0, bias_decay_mult=0.0,
+                       flat_decay_mult=0.0))
 # timm steps once an epoch: 10 warm-up epochs from 1e-6, cosine to 1e-5 at
 # epoch 300, then 10 cooldown epochs at 1e-5 (the lr holds after `end`).
 param_scheduler = [
