@@ -411,3 +411,15 @@ def test_weight_decay_groups_are_timms_with_no_weight_decay(method):
         assert group['weight_decay'] == (0 if no_decay else 0.05), name
     assert groups['backbone.pos_layer_embed']['weight_decay'] == 0.05
     assert groups['backbone.pe.layer_norms.1.weight']['weight_decay'] == 0
+
+
+def test_pretrained_init_cfg_keeps_the_checkpoint_weights(tmp_path):
+    source = randomised(MODELS.build(dict(type='PECeiT', **TINY)))
+    path = str(tmp_path / 'backbone.pth')
+    torch.save({'state_dict': source.state_dict()}, path)
+    loaded = MODELS.build(dict(
+        type='PECeiT', init_cfg=dict(type='Pretrained', checkpoint=path),
+        **TINY))
+    loaded.init_weights()
+    for name, value in source.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[name], value)

@@ -380,3 +380,15 @@ def test_weight_decay_groups_are_timms():
         assert group['weight_decay'] == decay, name
     assert groups['backbone.pe.pos_embed']['weight_decay'] == 0.06
     assert groups['backbone.pe.layer_norms.0.bias']['weight_decay'] == 0
+
+
+def test_pretrained_init_cfg_keeps_the_checkpoint_weights(tmp_path):
+    source = randomised(MODELS.build(dict(type='PEViTLite', **TINY)))
+    path = str(tmp_path / 'backbone.pth')
+    torch.save({'state_dict': source.state_dict()}, path)
+    loaded = MODELS.build(dict(
+        type='PEViTLite', init_cfg=dict(type='Pretrained', checkpoint=path),
+        **TINY))
+    loaded.init_weights()
+    for name, value in source.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[name], value)

@@ -329,12 +329,15 @@ class PECeiT(BaseBackbone):
         return self
 
     def init_weights(self):
+        # Own init first: a Pretrained init_cfg loads afterwards and keeps
+        # its weights.
+        if not self._is_init:
+            self._init_as_official()
         super().init_weights()
-        if isinstance(self.init_cfg, dict) and \
-                self.init_cfg.get('type') == 'Pretrained':
-            return
-        # The official initialisation: truncated normal linears and PE,
-        # unit LayerNorms; convolutions and BN keep PyTorch's defaults.
+
+    def _init_as_official(self):
+        """Truncated normal linears and PE, unit LayerNorms; convolutions
+        and BN keep PyTorch's defaults."""
         for module in self.modules():
             if isinstance(module, nn.Linear):
                 trunc_normal_(module.weight, std=0.02)

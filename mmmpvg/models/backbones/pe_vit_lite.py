@@ -97,15 +97,17 @@ class PEViTLite(PEVisionTransformer):
         return self
 
     def init_weights(self):
-        # Skip PEVisionTransformer's DeiT init (PE std 0.02); keep the
-        # BaseModule one (init_cfg, Pretrained).
+        # Own init first: a Pretrained init_cfg loads afterwards and keeps
+        # its weights. PEVisionTransformer's DeiT init (PE std 0.02) is
+        # skipped.
+        if not self._is_init:
+            self._init_as_official()
         super(PEVisionTransformer, self).init_weights()
-        if isinstance(self.init_cfg, dict) and \
-                self.init_cfg.get('type') == 'Pretrained':
-            return
-        # Compact-Transformers' initialisation: Kaiming-normal tokenizer
-        # conv (bias at PyTorch's default), truncated-normal linears with
-        # zero biases, unit LayerNorms, PE std 0.2, class token zero.
+
+    def _init_as_official(self):
+        """Compact-Transformers' initialisation: Kaiming-normal tokenizer
+        conv (bias at PyTorch's default), truncated-normal linears with zero
+        biases, unit LayerNorms, PE std 0.2, class token zero."""
         nn.init.kaiming_normal_(self.patch_embed.projection.weight)
         for module in self.modules():
             if isinstance(module, nn.Linear):
