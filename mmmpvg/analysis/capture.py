@@ -19,6 +19,8 @@ Tokens-to-Token stem, and the Last LN is ``backbone.norm``):
 * ``last_norm`` (input and output): ``x_out``, the output of the last layer,
   and ``LN(x_out)``; ``None`` for a backbone without a Last LN (a
   ViT-Adapter that does not use it). Swin's is the last stage's norm.
+  CeiT's Last LN normalises the one token the LCA makes, not a token map,
+  so it is not recorded (the per-layer maps, Fig. 4, are).
 
 A staged backbone (Swin) has one token grid per stage; each layer's grid is
 recorded and :meth:`ForwardRecord.patch_grid` lays tokens out on the grid
@@ -33,7 +35,7 @@ from typing import List, NamedTuple, Optional, Tuple
 import torch
 import torch.nn as nn
 
-from ..models.backbones import (PESwinTransformer, PET2TViT,
+from ..models.backbones import (PECeiT, PESwinTransformer, PET2TViT,
                                 PEVisionTransformer)
 from ..models.position_embedding import PEPlan
 
@@ -97,7 +99,8 @@ def _detach(tensor: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
     return None if tensor is None else tensor.detach()
 
 
-PE_BACKBONES = (PEVisionTransformer, PESwinTransformer, PET2TViT)
+# PEVisionTransformer includes its subclass PEViTLite.
+PE_BACKBONES = (PEVisionTransformer, PESwinTransformer, PET2TViT, PECeiT)
 PE_BACKBONE_NAMES = ' / '.join(cls.__name__ for cls in PE_BACKBONES)
 
 
@@ -123,7 +126,10 @@ def pe_layers(backbone: nn.Module) -> List[Tuple[nn.Module, nn.Module]]:
 
 
 def last_norm_of(backbone: nn.Module) -> Optional[nn.Module]:
-    """The Last LN (Swin: the last stage's norm, if it is an output)."""
+    """The Last LN (Swin: the last stage's norm, if it is an output; CeiT:
+    none, its Last LN sees only the LCA token)."""
+    if isinstance(backbone, PECeiT):
+        return None
     if isinstance(backbone, PESwinTransformer):
         return getattr(backbone, f'norm{len(backbone.stages) - 1}', None)
     if isinstance(backbone, PET2TViT):

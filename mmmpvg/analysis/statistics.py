@@ -141,8 +141,9 @@ class PESummary(NamedTuple):
     def require_last_norm(self) -> LastNormSummary:
         if self.last_norm is None:
             raise ValueError(
-                f'This {self.method} backbone does not run its Last LN '
-                '(e.g. a ViT-Adapter without vit_last_norm): nothing to show '
+                f'This {self.method} backbone has no Last LN over the '
+                'token map (a ViT-Adapter without vit_last_norm; CeiT, whose '
+                'Last LN sees only the LCA token): nothing to show '
                 'before/after it.')
         return self.last_norm
 

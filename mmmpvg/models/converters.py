@@ -18,6 +18,10 @@ T2T-ViT (official yitu-opensource Performer T2T-ViT -> PET2TViT, i.e.
 mmpretrain's T2T_ViT names): the stem keeps the official names, the blocks
 take mmpretrain's; the class-token row of the sinusoidal ``pos_embed`` is
 dropped for a GAP target, as for DeiT.
+
+CeiT (official coeusguo/ceit -> PECeiT) and ViT-Lite (SHI-Labs
+Compact-Transformers -> PEViTLite): only names change; a GAP target
+(PVG/MPVG) loses the class token and the class row of the PE.
 """
 import argparse
 import math
@@ -28,6 +32,7 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
+from .backbones.pe_ceit import PECeiT
 from .backbones.pe_swin_transformer import PESwinTransformer
 from .position_embedding import resolve_pe_cfg
 
@@ -445,3 +450,141 @@ def convert_t2t_state_dict(
         notes.append('pe.last_pos_norm (PE term of the Last LN) is new: '
                      'left at initialisation')
     return converted, notes
+
+
+def _rename_all(state_dict: Dict[str, torch.Tensor], renames, what: str,
+                skip=()) -> Dict[str, torch.Tensor]:
+    converted = {}
+    for key, value in state_dict.items():
+        if key in skip:
+            continue
+        for pattern, replacement in renames:
+            new_key, hits = re.subn(pattern, replacement, key)
+            if hits:
+                converted[new_key] = value
+                break
+        else:
+            raise KeyError(f'Unexpected key {key!r}: not {what} checkpoint?')
+    return converted
+
+
+def _drop_class_token(converted: Dict[str, torch.Tensor], cls_key: str,
+                      pos_key: str, notes: List[str]):
+    """A class-token checkpoint in a GAP model: no class token, no class
+    row of the PE."""
+    del converted[cls_key]
+    converted[pos_key] = converted[pos_key][:, 1:]
+    notes.append('dropped the class token and the class row of the PE: '
+                  'the target uses global average pooling')
+
+
+def _new_pe_notes(knobs: dict, num_layers: int) -> List[str]:
+    notes = []
+    if knobs['layerwise']:
+        first = 0 if knobs['include_layer0'] else 1
+        notes.append(f'PE norms of layers {first}..{num_layers - 1} are new '
+                     f"in method {knobs['method']!r}: left at "
+                     'initialisation')
+    if knobs['last_norm_pos'] is not None:
+        notes.append('pe.last_pos_norm (PE term of the Last LN) is new: '
+                     'left at initialisation')
+    return notes
+
+
+# official coeusguo/ceit name -> mmpretrain classifier with PECeiT
+_CEIT_RENAMES = [
+    (r'^i2t\.backbone\.(conv|bn)\.', r'backbone.stem.\1.'),
+    (r'^i2t\.proj\.', 'backbone.patch_embed.projection.'),
+    (r'^cls_token$', 'backbone.cls_token'),
+    (r'^pos_embed$', 'backbone.pe.pos_embed'),
+    (r'^blocks\.(\d+)\.norm([12])\.', r'backbone.layers.\1.ln\2.'),
+    (r'^blocks\.(\d+)\.(attn|leff)\.', r'backbone.layers.\1.\2.'),
+    (r'^lca\.norm([12])\.', r'backbone.lca.ln\1.'),
+    (r'^lca\.attn\.', 'backbone.lca.attn.'),
+    (r'^lca\.feedforward\.fc1\.', 'backbone.lca.ffn.layers.0.0.'),
+    (r'^lca\.feedforward\.fc2\.', 'backbone.lca.ffn.layers.1.'),
+    (r'^pos_layer_embed$', 'backbone.pos_layer_embed'),
+    (r'^norm\.', 'backbone.last_norm.'),
+]
+
+
+def convert_ceit_state_dict(
+        state_dict: Dict[str, torch.Tensor],
+        pe_cfg: Optional[dict],
+        global_pool: str = 'cls',
+        head_key: str = 'head.fc',
+) -> Tuple[Dict[str, torch.Tensor], List[str]]:
+    """Map an official CeiT ``state_dict`` onto an mmpretrain classifier
+    with a :class:`PECeiT` backbone.
+
+    Only names change (BatchNorm statistics included), except that a GAP
+    target (PVG/MPVG) drops the class token and its PE row.
+
+    Returns:
+        The converted state dict (``backbone.*`` and ``head_key.*``) and the
+        notes on what was dropped or left at initialisation.
+    """
+    depth = 1 + max((int(m.group(1)) for k in state_dict
+                     if (m := re.match(r'blocks\.(\d+)\.', k))), default=-1)
+    if depth == 0 or 'pos_layer_embed' not in state_dict:
+        raise KeyError('No blocks.<i> / pos_layer_embed keys: not an '
+                       'official CeiT checkpoint?')
+    knobs = resolve_pe_cfg(pe_cfg, depth, global_pool == 'cls',
+                           PECeiT.PE_PRESET_OVERRIDES)
+    renames = _CEIT_RENAMES + [(r'^head\.', head_key + '.')]
+    converted = _rename_all(state_dict, renames, 'an official CeiT')
+    notes = []
+    if global_pool == 'avg':
+        _drop_class_token(converted, 'backbone.cls_token',
+                          'backbone.pe.pos_embed', notes)
+    return converted, notes + _new_pe_notes(knobs, depth)
+
+
+# SHI-Labs/Compact-Transformers ViT-Lite name -> classifier with PEViTLite
+_VIT_LITE_RENAMES = [
+    (r'^tokenizer\.conv_layers\.0\.0\.', 'backbone.patch_embed.projection.'),
+    (r'^classifier\.class_emb$', 'backbone.cls_token'),
+    (r'^classifier\.positional_emb$', 'backbone.pe.pos_embed'),
+    (r'^classifier\.blocks\.(\d+)\.pre_norm\.', r'backbone.layers.\1.ln1.'),
+    (r'^classifier\.blocks\.(\d+)\.self_attn\.', r'backbone.layers.\1.attn.'),
+    (r'^classifier\.blocks\.(\d+)\.norm1\.', r'backbone.layers.\1.ln2.'),
+    (r'^classifier\.blocks\.(\d+)\.linear1\.',
+     r'backbone.layers.\1.ffn.layers.0.0.'),
+    (r'^classifier\.blocks\.(\d+)\.linear2\.',
+     r'backbone.layers.\1.ffn.layers.1.'),
+    (r'^classifier\.norm\.', 'backbone.last_norm.'),
+]
+
+
+def convert_vit_lite_state_dict(
+        state_dict: Dict[str, torch.Tensor],
+        pe_cfg: Optional[dict],
+        global_pool: str = 'cls',
+        head_key: str = 'head.fc',
+) -> Tuple[Dict[str, torch.Tensor], List[str]]:
+    """Map a Compact-Transformers ViT-Lite ``state_dict`` (``vit_*_*_*``,
+    learnable or sine PE) onto an mmpretrain classifier with a
+    :class:`PEViTLite` backbone.
+
+    A sine-PE checkpoint's table becomes the initial value of the learnable
+    PE. CCT checkpoints (sequence pooling, convolutional tokenizer) have no
+    place here and are refused.
+    """
+    if 'classifier.attention_pool.weight' in state_dict:
+        raise KeyError('classifier.attention_pool: a CCT (sequence pooling) '
+                       'checkpoint, not ViT-Lite.')
+    depth = 1 + max((int(m.group(1)) for k in state_dict
+                     if (m := re.match(r'classifier\.blocks\.(\d+)\.', k))),
+                    default=-1)
+    if depth == 0:
+        raise KeyError('No classifier.blocks.<i> keys: not a '
+                       'Compact-Transformers ViT-Lite checkpoint?')
+    knobs = resolve_pe_cfg(pe_cfg, depth, global_pool == 'cls')
+    renames = _VIT_LITE_RENAMES + [(r'^classifier\.fc\.', head_key + '.')]
+    converted = _rename_all(state_dict, renames,
+                            'a Compact-Transformers ViT-Lite')
+    notes = []
+    if global_pool == 'avg':
+        _drop_class_token(converted, 'backbone.cls_token',
+                          'backbone.pe.pos_embed', notes)
+    return converted, notes + _new_pe_notes(knobs, depth)

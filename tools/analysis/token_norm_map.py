@@ -42,8 +42,9 @@ def collect(model, backbone, batches):
     for record, raw in capture_records(model, backbone, batches):
         if record.last_norm_input is None:
             raise ValueError(
-                f'This {backbone.pe.method} backbone does not run its Last '
-                'LN (e.g. a ViT-Adapter without vit_last_norm): there is no '
+                f'This {backbone.pe.method} backbone has no Last LN over '
+                'the token map (a ViT-Adapter without vit_last_norm; CeiT, '
+                'whose Last LN sees only the LCA token): there is no '
                 'before/after to map.')
         stages = dict(before_last_norm=record.last_norm_input,
                       after_last_norm=record.last_norm_output)
