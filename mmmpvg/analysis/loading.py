@@ -117,7 +117,7 @@ def _load_weights(model: nn.Module, checkpoint: str):
                   for k, v in state_dict.items()}
     try:
         result = model.load_state_dict(state_dict, strict=False)
-    except RuntimeError as error:  # shapes that differ
+    except (RuntimeError, ValueError) as error:  # shapes that differ
         raise ValueError(
             f'{checkpoint} does not fit the model of the config: {error}. '
             'Check that the config has the PE method and arch it was '
