@@ -86,6 +86,9 @@ class PEVisionTransformer(BaseBackbone):
         drop_rate, attn_drop_rate, drop_path_rate (float): Regularisation.
         qkv_bias (bool): Bias in the qkv projection (DeiT: True).
         norm_cfg (dict): LayerNorm config (eps 1e-6 as in DeiT).
+        pos_embed_init_std (float): Std of the truncated-normal init of the
+            PE (DeiT: 0.02). Short schedules need a PE on the scale of the
+            patch tokens, or the PE added to the input learns too slowly.
     """
     arch_zoo = {
         **dict.fromkeys(['deit-t', 'deit-tiny'], dict(
@@ -113,6 +116,7 @@ class PEVisionTransformer(BaseBackbone):
                  drop_path_rate: float = 0.,
                  qkv_bias: bool = True,
                  norm_cfg: dict = dict(type='LN', eps=1e-6),
+                 pos_embed_init_std: float = 0.02,
                  init_cfg=None):
         super().__init__(init_cfg=init_cfg)
         if isinstance(arch, str):
@@ -131,6 +135,7 @@ class PEVisionTransformer(BaseBackbone):
         self.global_pool = global_pool
         self.out_type = out_type
         self.patch_size = patch_size
+        self.pos_embed_init_std = pos_embed_init_std
         self.img_size = to_2tuple(img_size)
         grid_size = tuple(s // patch_size for s in self.img_size)
 
@@ -172,7 +177,7 @@ class PEVisionTransformer(BaseBackbone):
         if isinstance(self.init_cfg, dict) and \
                 self.init_cfg.get('type') == 'Pretrained':
             return
-        trunc_normal_(self.pe.pos_embed, std=0.02)
+        trunc_normal_(self.pe.pos_embed, std=self.pos_embed_init_std)
         if self.cls_token is not None:
             trunc_normal_(self.cls_token, std=0.02)
 
