@@ -428,7 +428,7 @@ def test_tools_load_a_checkpoint_and_reject_one_that_does_not_fit(
 
 
 def test_tools_read_the_data_set_of_a_config(tmp_path):
-    """configs/demo (scikit-learn digits, 32x32, patch 4: an 8x8 grid)."""
+    """configs/demo (scikit-learn digits, 32x32, patch 8: a 4x4 grid)."""
     stats = load_tool('last_ln_stats').main([
         DEMO_CONFIG, 'none', '--split', 'val', '--num-images', '20',
         '--batch-size', '8', '--out-dir', str(tmp_path)])
@@ -441,7 +441,7 @@ def test_tools_read_the_data_set_of_a_config(tmp_path):
         'none', '--split', 'test', '--num-images', '2',
         '--out-dir', str(tmp_path)])
     assert np.asarray(
-        norms['images'][1]['grids']['after_last_norm']).shape == (8, 8)
+        norms['images'][1]['grids']['after_last_norm']).shape == (4, 4)
     assert norms['images'][1]['class_token_norms']['before_last_norm'] > 0
     assert_png(tmp_path / 'token_norm_maps.png')
 

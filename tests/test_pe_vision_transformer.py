@@ -240,6 +240,20 @@ def test_meaningless_pe_configs_are_refused(pe_cfg, pool, message):
         build_backbone(global_pool=pool, pe_cfg=pe_cfg)
 
 
+def test_pos_embed_init_std_sets_the_pe_scale():
+    """DeiT's 0.02 by default; the digits demo's 1.0 (truncated at +-2 as
+    timm/mmengine do: a std of 0.880 for a unit normal)."""
+    torch.manual_seed(0)
+    deit = build_backbone(pe_cfg=dict(method='pvg'))
+    deit.init_weights()
+    torch.manual_seed(0)
+    unit = build_backbone(pe_cfg=dict(method='pvg'), pos_embed_init_std=1.0)
+    unit.init_weights()
+    assert abs(deit.pe.pos_embed.std().item() - 0.02) < 0.002
+    assert abs(unit.pe.pos_embed.std().item() - 0.880) < 0.1
+    assert unit.pe.pos_embed.abs().max().item() <= 2.0
+
+
 def test_image_size_not_divisible_by_patch_is_refused():
     model = build_backbone()
     with pytest.raises(ValueError, match='not divisible by the patch size'):

@@ -1,6 +1,12 @@
-# A micro ViT on scikit-learn's digits (upscaled to 32x32, patch 4 -> 8x8
-# tokens): a real data set that ships with a package, trained on CPU in a
-# minute. The PE method is the only thing the configs beside this one change.
+# A micro ViT on scikit-learn's digits: a real data set that ships with a
+# package, trained on CPU in half a minute. The PE method (and the pooling it
+# needs) is the only thing the configs beside this one change. The recipe is
+# shared by all of them and was picked on seed 0 of Default and MPVG
+# (README, "The main job"): the 8x8 digits upscaled to 32x32, patch 8 -> a
+# 4x4 grid of 2x2-pixel patches (1-pixel patches leave each token a single
+# grey level and cost 4x more); the PE initialised on the scale of the patch
+# tokens (std 1): with DeiT's 0.02 the PE added to the input needs far more
+# than these 440 steps to matter and Default stays at 50-85 %.
 _base_ = ['mmpretrain::_base_/default_runtime.py']
 
 custom_imports = dict(
@@ -13,8 +19,9 @@ model = dict(
         arch=dict(embed_dims=64, num_layers=4, num_heads=4,
                   feedforward_channels=128),
         img_size=32,
-        patch_size=4,
+        patch_size=8,
         global_pool='avg',
+        pos_embed_init_std=1.0,
         pe_cfg=dict(method='default')),
     neck=None,
     head=dict(
@@ -69,7 +76,7 @@ param_scheduler = [
          convert_to_iter_based=True),
     dict(type='CosineAnnealingLR', eta_min=1e-5, by_epoch=True, begin=2),
 ]
-train_cfg = dict(by_epoch=True, max_epochs=30, val_interval=10)
+train_cfg = dict(by_epoch=True, max_epochs=20, val_interval=10)
 val_cfg = dict()
 test_cfg = dict()
 

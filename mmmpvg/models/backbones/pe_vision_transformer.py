@@ -96,6 +96,9 @@ class PEVisionTransformer(BaseBackbone):
         norm_cfg (dict): LayerNorm config (eps 1e-6 as in DeiT).
         layer_scale_init_value (float): Layer-scale gammas of every layer
             (0 = none, as DeiT).
+        pos_embed_init_std (float): Std of the truncated-normal init of the
+            PE (DeiT: 0.02). Short schedules need a PE on the scale of the
+            patch tokens, or the PE added to the input learns too slowly.
     """
     arch_zoo = {
         **dict.fromkeys(['deit-t', 'deit-tiny'], dict(
@@ -124,6 +127,7 @@ class PEVisionTransformer(BaseBackbone):
                  qkv_bias: bool = True,
                  norm_cfg: dict = dict(type='LN', eps=1e-6),
                  layer_scale_init_value: float = 0.,
+                 pos_embed_init_std: float = 0.02,
                  init_cfg=None):
         super().__init__(init_cfg=init_cfg)
         if isinstance(arch, str):
@@ -142,6 +146,7 @@ class PEVisionTransformer(BaseBackbone):
         self.global_pool = global_pool
         self.out_type = out_type
         self.patch_size = patch_size
+        self.pos_embed_init_std = pos_embed_init_std
         self.img_size = to_2tuple(img_size)
         grid_size = tuple(s // patch_size for s in self.img_size)
 
@@ -184,7 +189,7 @@ class PEVisionTransformer(BaseBackbone):
         # Own init first: a Pretrained init_cfg (dict, list, or the
         # classifier's) loads afterwards and keeps its weights.
         if not self._is_init:
-            trunc_normal_(self.pe.pos_embed, std=0.02)
+            trunc_normal_(self.pe.pos_embed, std=self.pos_embed_init_std)
             if self.cls_token is not None:
                 trunc_normal_(self.cls_token, std=0.02)
         super().init_weights()
