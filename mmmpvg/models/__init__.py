@@ -2,10 +2,11 @@
 from .backbones import (PESwinBlock, PESwinTransformer, PETransformerLayer,
                         PEVisionTransformer)
 from .position_embedding import (PE_METHODS, LayerwisePositionEmbedding,
-                                 PEPlan, add_pe, resolve_pe_cfg)
+                                 PEPlan, add_pe, fold_pe,
+                                 resolve_pe_cfg)
 
 __all__ = [
     'PEVisionTransformer', 'PETransformerLayer', 'PESwinTransformer',
     'PESwinBlock', 'LayerwisePositionEmbedding', 'PEPlan', 'PE_METHODS',
-    'add_pe', 'resolve_pe_cfg'
+    'add_pe', 'fold_pe', 'resolve_pe_cfg'
 ]
