@@ -171,6 +171,27 @@ def fixed_adaptive_pools(graph: nn.Module, img: torch.Tensor):
             setattr(parent, name, child)
 
 
+def _window_reverse(windows, H, W, window_size):
+    """mmpretrain's ``ShiftWindowMSA.window_reverse`` without ``int()`` of
+    the batch size, which the tracer would store as a constant."""
+    x = windows.view(-1, H // window_size, W // window_size, window_size,
+                     window_size, windows.shape[-1])
+    return x.permute(0, 1, 3, 2, 4, 5).contiguous().view(-1, H, W,
+                                                         windows.shape[-1])
+
+
+@contextmanager
+def batch_agnostic_windows():
+    """Within: Swin's window attention traces with a dynamic batch axis."""
+    from mmpretrain.models.utils.attention import ShiftWindowMSA
+    original = ShiftWindowMSA.__dict__['window_reverse']
+    ShiftWindowMSA.window_reverse = staticmethod(_window_reverse)
+    try:
+        yield
+    finally:
+        ShiftWindowMSA.window_reverse = original
+
+
 def export_onnx(model: nn.Module, task: str, out_file: str,
                 shape: Sequence[int], opset: int = MIN_OPSET,
                 batch_size: int = 1, fold: bool = True) -> nn.Module:
@@ -201,6 +222,7 @@ def export_onnx(model: nn.Module, task: str, out_file: str,
         opset_version=opset, dynamo=False)
     with ExitStack() as stack:
         stack.enter_context(fixed_adaptive_pools(graph, img))
+        stack.enter_context(batch_agnostic_windows())
         if fold:
             stack.enter_context(fold_pe(graph, img))
         else:
