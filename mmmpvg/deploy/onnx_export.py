@@ -98,7 +98,9 @@ class SegmentorGraph(nn.Module):
         self.model = model
 
     def forward(self, img):
-        return self.model._forward(img)
+        # The decode head called as a module (EncoderDecoder._forward calls
+        # its .forward), so FLOP counters attribute its ops to it.
+        return self.model.decode_head(self.model.extract_feat(img))
 
 
 GRAPHS = dict(mmpretrain=ClassifierGraph, mmdet=DetectorGraph,
