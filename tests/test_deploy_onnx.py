@@ -164,7 +164,8 @@ def shapes_image(root, task, shape):
 
 
 @pytest.mark.parametrize('config,task,shape', [
-    (SEG, 'mmseg', (192, 192)), (DET, 'mmdet', (128, 160))])
+    (SEG, 'mmseg', (192, 192)), (DET, 'mmdet', (128, 160))],
+    ids=['upernet', 'mask-rcnn'])
 def test_vit_adapter_parity(config, task, shape, tmp_path):
     model, found = load_model(config)
     assert found == task
@@ -193,3 +194,12 @@ def test_upernet_pool_sizes_that_do_not_divide_are_refused(tmp_path):
     model, task = load_model(SEG)
     with pytest.raises(ValueError, match='multiples of 192'):
         export_onnx(model, task, str(tmp_path / 'x.onnx'), (64, 64))
+
+
+def test_bad_export_arguments_are_refused(tmp_path):
+    model = digits_model('mpvg')
+    path = str(tmp_path / 'x.onnx')
+    with pytest.raises(ValueError, match='GridSample'):
+        export_onnx(model, 'mmpretrain', path, (32, 32), opset=16)
+    with pytest.raises(ValueError, match=r'\(H, W\)'):
+        export_onnx(model, 'mmpretrain', path, (32, ))

@@ -74,7 +74,7 @@ def msda_calls(model: nn.Module, inputs) -> List[int]:
     counts = []
 
     def count(module, args, _):
-        query, _, feat = args[:3]
+        query = args[0]
         counts.append(msda_flops(
             query.shape[0], query.shape[1], module.num_levels,
             module.num_points, module.value_proj.out_features))
