@@ -3,16 +3,20 @@ eval-mode outputs to 1e-4 on random and real images, for every PE method,
 with the PE chain folded out of the graph."""
 import collections
 import os.path as osp
+import subprocess
+import sys
 
 import mmcv
 import numpy as np
 import pytest
 import torch
 from mmengine.config import Config
+from mmengine.runner import save_checkpoint
 
 from mmmpvg.datasets.shapes import make_ade20k_shapes, make_coco_shapes
 from mmmpvg.datasets.sklearn_digits import SklearnDigits
-from mmmpvg.deploy import export_onnx, layernorm_calls, load_model
+from mmmpvg.deploy import (export_module, export_onnx, layernorm_calls,
+                           load_model)
 from mmmpvg.models import fold_pe
 
 onnx = pytest.importorskip('onnx')
@@ -203,3 +207,20 @@ def test_bad_export_arguments_are_refused(tmp_path):
         export_onnx(model, 'mmpretrain', path, (32, 32), opset=16)
     with pytest.raises(ValueError, match=r'\(H, W\)'):
         export_onnx(model, 'mmpretrain', path, (32, ))
+
+
+def test_export_tool_from_a_training_checkpoint(tmp_path):
+    model = digits_model('lape')
+    ckpt = str(tmp_path / 'lape.pth')
+    save_checkpoint(dict(state_dict=model.state_dict()), ckpt)
+    path = str(tmp_path / 'lape.onnx')
+    config = str(tmp_path / 'lape.py')
+    cfg = Config.fromfile(DIGITS)
+    cfg.model.backbone.pe_cfg = dict(method='lape')
+    cfg.dump(config)
+    out = subprocess.run(
+        [sys.executable, 'tools/deployment/export_onnx.py', config, ckpt,
+         path], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    assert 'at 32x32 (dynamic batch, opset 17, PE chain folded)' in out
+    assert_parity(export_module(model, 'mmpretrain'), path,
+                  digits_images(model))
