@@ -62,5 +62,7 @@ if __name__ == '__main__':
         extras_require={
             'det': ['mmdet>=3.3.0'],
             'seg': ['mmsegmentation>=1.2.2', 'ftfy', 'regex'],
+            # tools/deployment and tools/analysis/get_flops.py
+            'deploy': ['onnx>=1.16', 'onnxruntime>=1.17', 'fvcore'],
         },
         zip_safe=False)

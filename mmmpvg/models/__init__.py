@@ -4,11 +4,11 @@ from .backbones import (PECeiT, PerformerT2TModule, PESwinBlock,
                         PETransformerLayer, PEVisionTransformer, PEViTLite,
                         TokenPerformer)
 from .position_embedding import (PE_METHODS, LayerwisePositionEmbedding,
-                                 PEPlan, add_pe, resolve_pe_cfg)
+                                 PEPlan, add_pe, fold_pe, resolve_pe_cfg)
 
 __all__ = [
     'PEVisionTransformer', 'PETransformerLayer', 'PESwinTransformer',
     'PESwinBlock', 'PET2TViT', 'PET2TTransformerLayer', 'PerformerT2TModule',
     'TokenPerformer', 'PECeiT', 'PEViTLite', 'LayerwisePositionEmbedding',
-    'PEPlan', 'PE_METHODS', 'add_pe', 'resolve_pe_cfg'
+    'PEPlan', 'PE_METHODS', 'add_pe', 'fold_pe', 'resolve_pe_cfg'
 ]

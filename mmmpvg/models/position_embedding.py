@@ -28,10 +28,12 @@ tokens (the backbone hands those modules to :meth:`forward`), so each layer's
 stage's grid and width. A plain ViT is the one-stage case.
 
 The chain never depends on the image, so in eval mode it is computed once
-per grid size and reused until a weight it reads changes.
+per grid size and reused until a weight it reads changes, and for export
+(:func:`fold_pe`) it becomes constants.
 """
 import math
-from typing import List, NamedTuple, Optional, Sequence, Tuple
+from contextlib import contextmanager
+from typing import Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -226,6 +228,9 @@ class LayerwisePositionEmbedding(BaseModule):
             if self.last_norm_pos is not None else None)
         self._cache_key = None
         self._cache_plan = None
+        # fold_pe(): None, 'record' (next forward stores its plan) or the
+        # grid the stored plan belongs to.
+        self._fold_state = None
         self._register_load_state_dict_pre_hook(self._resize_loaded_pos_embed)
 
     def _resize_loaded_pos_embed(self, state_dict, prefix, *args, **kwargs):
@@ -339,6 +344,8 @@ class LayerwisePositionEmbedding(BaseModule):
             downsamples: The backbone's stage-boundary modules.
         """
         grid_size = tuple(grid_size)
+        if self._fold_state is not None:
+            return self._folded_plan(grid_size, pos_embed, downsamples)
         if self.training or torch.is_grad_enabled():
             return self._plan(grid_size, pos_embed, downsamples)
         # Eval without autograd: reuse the chain until a weight changes.
@@ -361,3 +368,75 @@ class LayerwisePositionEmbedding(BaseModule):
         if not downsamples:  # one stage: the grid is not needed
             return self.plan_from(pos)
         return self.plan_from(pos, grid_size, downsamples)
+
+    # ------------------------------------------------------------- folding
+    FOLDED_PREFIX = 'folded_'
+
+    def _folded_plan(self, grid_size, pos_embed, downsamples) -> PEPlan:
+        """The plan as buffers: computed by the first call under
+        :func:`fold_pe`, returned as is (no op on a weight) afterwards."""
+        grid_size = tuple(int(s) for s in grid_size)
+        if self._fold_state == 'record':
+            with torch.no_grad():
+                plan = self._plan(grid_size, pos_embed, downsamples)
+            self._fold_state = grid_size
+            self._store_folded('to_input', plan.to_input)
+            for layer, pe in enumerate(plan.per_layer):
+                self._store_folded(f'layer{layer}', pe)
+            self._store_folded('to_last_norm', plan.to_last_norm)
+        elif grid_size != self._fold_state:
+            raise ValueError(
+                f'The PE chain is folded for a {self._fold_state} patch grid '
+                f'but the input gives {grid_size}: fold it at the input '
+                'size you export or run.')
+        return PEPlan(
+            self._folded('to_input'),
+            [self._folded(f'layer{layer}')
+             for layer in range(self.num_layers)],
+            self._folded('to_last_norm'))
+
+    def _store_folded(self, name: str, value: Optional[torch.Tensor]):
+        if value is not None:
+            self.register_buffer(self.FOLDED_PREFIX + name,
+                                 value.detach().clone(), persistent=False)
+
+    def _folded(self, name: str) -> Optional[torch.Tensor]:
+        return self._buffers.get(self.FOLDED_PREFIX + name)
+
+    def _unfold(self):
+        self._fold_state = None
+        for name in [n for n in self._buffers
+                     if n.startswith(self.FOLDED_PREFIX)]:
+            del self._buffers[name]
+
+
+@contextmanager
+def fold_pe(model: nn.Module, *example_inputs) -> Iterator[nn.Module]:
+    """Within the block, every PE chain in ``model`` is a set of constant
+    buffers computed for the grid of ``example_inputs``.
+
+    The chain (resize, the ``LN'_l`` norms, Swin's PatchMerging of the PE,
+    the Eq. 11 norm) does not depend on the image, so a traced or exported
+    graph needs none of it: ``model(*example_inputs)`` runs once to record
+    each plan, later calls return the buffers (an ONNX export stores them as
+    initializers). Inputs of another patch grid raise an error inside the
+    block; the model is unchanged after it.
+    """
+    modules = [m for m in model.modules()
+               if isinstance(m, LayerwisePositionEmbedding)]
+    if not modules:
+        raise ValueError(f'{type(model).__name__} has no '
+                         'LayerwisePositionEmbedding to fold.')
+    try:
+        for module in modules:
+            module._fold_state = 'record'
+        with torch.no_grad():
+            model(*example_inputs)
+        unused = [m for m in modules if m._fold_state == 'record']
+        if unused:
+            raise RuntimeError(f'{len(unused)} PE module(s) did not run in '
+                               f'the forward pass of {type(model).__name__}.')
+        yield model
+    finally:
+        for module in modules:
+            module._unfold()
