@@ -144,8 +144,11 @@ def test_load_from_at_another_image_size_resizes_and_logs(
                f'load_from={three_epochs}/epoch_3.pth')
     runner = make_runner(train_tool, demo_config, tmp_path, options)
     runner.train()
+    patch = runner.model.backbone.patch_size
+    old, new = 32 // patch, 48 // patch
     log = open(f'{runner.log_dir}/{runner.timestamp}.log').read()
-    assert 'Resized backbone.pe.pos_embed from a 8x8 to a 12x12 grid' in log
+    assert f'Resized backbone.pe.pos_embed from a {old}x{old} to a ' \
+        f'{new}x{new} grid' in log
 
 
 def test_resume_at_another_image_size_is_refused(
