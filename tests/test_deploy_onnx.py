@@ -141,6 +141,44 @@ def test_swin_classifier_parity_and_no_pe_layernorm(method, tmp_path):
     assert layernorm_nodes(path)[0] == calls['token']
 
 
+# The Table 1/2 backbones beyond DeiT and Swin, from their shipped configs
+# shrunk to seconds-long shapes: (config, backbone overrides, input size).
+OTHER_BACKBONES = {
+    't2t-vit': ('configs/t2t_vit/t2t-vit-7_{}_4xb128_in1k.py', dict(
+        arch=dict(embed_dims=32, num_layers=3, num_heads=2,
+                  feedforward_channels=64),
+        img_size=32, t2t_cfg=dict(token_dims=16)), 32),
+    'ceit': ('configs/ceit/ceit-tiny_{}_4xb256_in1k.py', dict(
+        arch=dict(embed_dims=24, num_layers=3, num_heads=3,
+                  feedforward_channels=48),
+        img_size=64, stem_channels=8), 64),
+    'vit-lite': ('configs/vit_lite/vit-lite-7-4_{}_1xb128_cifar100-32px.py',
+                 dict(arch=dict(embed_dims=32, num_layers=3, num_heads=4,
+                                feedforward_channels=64), img_size=16), 16),
+}
+
+
+@pytest.mark.parametrize('method', METHODS)
+@pytest.mark.parametrize('backbone', sorted(OTHER_BACKBONES))
+def test_other_backbones_export_with_parity(backbone, method, tmp_path):
+    config, overrides, size = OTHER_BACKBONES[backbone]
+    cfg = Config.fromfile(osp.join(REPO, config.format(method)))
+    arch = overrides['arch']
+    cfg.model.backbone.arch = arch
+    cfg.model.backbone.update({k: v for k, v in overrides.items()
+                               if k != 'arch'})
+    cfg.model.backbone.drop_path_rate = 0.
+    cfg.model.head.update(num_classes=5, in_channels=arch['embed_dims'])
+    model = randomised(load_model(cfg)[0])
+    path = str(tmp_path / f'{backbone}.onnx')
+
+    graph = export_onnx(model, 'mmpretrain', path, (size, size))
+
+    assert_parity(graph, path, torch.randn(2, 3, size, size))
+    calls = layernorm_calls(graph, torch.randn(1, 3, size, size))
+    assert layernorm_nodes(path)[0] == calls['token']
+
+
 def test_fold_pe_rejects_another_grid_and_restores_the_model():
     model = digits_model('mpvg')
     x = torch.randn(1, 3, 32, 32)
