@@ -60,9 +60,11 @@ def test_unknown_pe_knob(run_tool):
 
 
 def test_image_size_not_divisible_by_the_patch():
-    with pytest.raises(ValueError, match='30x30 is not divisible by the '
-                       'patch size 4'):
-        demo_model()(torch.zeros(1, 3, 30, 30), mode='tensor')
+    model = demo_model()
+    patch = model.backbone.patch_size
+    with pytest.raises(ValueError, match=f'30x30 is not divisible by the '
+                       f'patch size {patch}'):
+        model(torch.zeros(1, 3, 30, 30), mode='tensor')
 
 
 def test_checkpoint_of_another_pe_method(run_tool, tmp_path):
