@@ -206,8 +206,8 @@ def test_capture_unhooks_and_refuses_incomplete_passes():
 
 @pytest.mark.parametrize('method', ['pvg', 'mpvg'])
 def test_capture_works_inside_a_vit_adapter(method):
-    """ViT-Adapter runs the same layers between its interaction blocks and
-    uses the Last LN only for MPVG (vit_last_norm=None)."""
+    """ViT-Adapter runs the same layers between its interaction blocks, on
+    the whole image also with window attention, and no Last LN by default."""
     from mmmpvg.adapter import ViTAdapter
     small = dict(arch=TINY_ARCH, img_size=32, patch_size=16,
                  interaction_indexes=[[0, 1], [2, 2]], deform_num_heads=2,
@@ -224,13 +224,17 @@ def test_capture_works_inside_a_vit_adapter(method):
             record.layer_ln1[layer],
             layer_norm(record.layer_inputs[layer], module.ln1))
     summary = summarize(adapter, [record])
-    assert (summary.last_norm is not None) == (method == 'mpvg')
+    assert summary.last_norm is None
     assert summary.layer_pearson()[0] is None
+    with_last_norm = ViTAdapter(vit_last_norm=True, **small)
+    with_last_norm.eval()
+    record, _ = capture(with_last_norm, torch.randn(2, 3, 64, 64))
+    assert summarize(with_last_norm, [record]).last_norm is not None
 
     windowed = ViTAdapter(window_attn=True, window_size=2, **small)
     windowed.eval()
-    with pytest.raises(RuntimeError, match='window attention'):
-        capture(windowed, torch.randn(1, 3, 64, 64))
+    record, _ = capture(windowed, torch.randn(1, 3, 64, 64))
+    assert [tuple(x.shape) for x in record.layer_inputs] == [(1, 16, 32)] * 3
 
 
 @pytest.mark.parametrize('method', ['lape', 'mpvg'])

@@ -2,7 +2,11 @@
 
 Each config is used as shipped, changed only by ``--cfg-options`` for a CPU
 smoke run: BN for SyncBN, no pre-trained checkpoint, small images, fewer
-proposals, a few iterations, the generated data set. tools/train.py trains
+proposals, a few iterations, the generated data set; for UperNet also fp32
+instead of the recipe's fp16 ``AmpOptimWrapper``, which needs CUDA (a
+config on top of the shipped one that keeps its optimizer, constructor and
+paramwise settings; CPU bfloat16 autocast is emulated, i.e. several times
+slower, on CPUs without bf16 instructions). tools/train.py trains
 through MMEngine's Runner; tools/test.py then evaluates the saved
 checkpoint with mmdet's ``CocoMetric`` (bbox + segm mAP) and mmseg's
 ``IoUMetric`` (mIoU).
@@ -20,10 +24,10 @@ pytestmark = pytest.mark.usefixtures('one_thread')
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 DET_CONFIG = osp.join(
     REPO, 'configs/vit_adapter/'
-    'mask-rcnn_vit-adapter-ti-mpvg_fpn_8xb1-ms-3x_coco.py')
+    'mask-rcnn_vit-adapter-ti-mpvg_fpn_4xb2-ms-3x_coco.py')
 SEG_CONFIG = osp.join(
     REPO, 'configs/vit_adapter/'
-    'upernet_vit-adapter-ti-lape_8xb1-160k_ade20k-512x512.py')
+    'upernet_vit-adapter-ti-lape_4xb2-160k_ade20k-512x512.py')
 # Evaluate once, with tools/test.py (a val loop would repeat it).
 NO_VAL = ('val_dataloader=None', 'val_evaluator=None', 'val_cfg=None')
 
@@ -88,7 +92,9 @@ def test_mask_rcnn_vit_adapter_trains_and_evaluates_on_coco_format(
                                             tmp_path, 'epoch_1.pth')
     backbone = runner.model.backbone
     assert type(backbone).__name__ == 'ViTAdapter'
-    assert backbone.pe.method == 'mpvg' and backbone.last_norm is not None
+    # ViT-Adapter's structure: no Last LN (nor MPVG's LN'').
+    assert backbone.pe.method == 'mpvg' and backbone.last_norm is None
+    assert backbone.vit_feature_source == 'last'
     assert runner.iter == 2 and math.isfinite(loss)
     for key in ('coco/bbox_mAP', 'coco/bbox_mAP_50', 'coco/segm_mAP'):
         assert 0.0 <= metrics[key] <= 1.0, key
@@ -118,12 +124,22 @@ def test_upernet_vit_adapter_trains_and_evaluates_on_ade20k_format(
         # 96x128 images -> 64x96: two overlapping 64x64 sliding windows.
         'test_dataloader.dataset.pipeline.1.scale=(256,64)',
     )
+    fp32_config = tmp_path / 'fp32.py'
+    fp32_config.write_text(
+        f'_base_ = {SEG_CONFIG!r}\n'
+        'optim_wrapper = dict(\n'
+        '    _delete_=True, type="OptimWrapper",\n'
+        '    optimizer={{_base_.optim_wrapper.optimizer}},\n'
+        '    constructor={{_base_.optim_wrapper.constructor}},\n'
+        '    paramwise_cfg={{_base_.optim_wrapper.paramwise_cfg}})\n')
     runner, loss, metrics = train_then_test(make_runner, train_tool,
-                                            test_tool, SEG_CONFIG, options,
+                                            test_tool, fp32_config, options,
                                             tmp_path, 'iter_3.pth')
     backbone = runner.model.backbone
     assert type(backbone).__name__ == 'ViTAdapter'
     assert backbone.pe.method == 'lape'
+    assert backbone.vit_feature_source == 'per_interaction'
+    assert type(runner.optim_wrapper).__name__ == 'OptimWrapper'
     assert runner.iter == 3 and math.isfinite(loss)
     assert 0.0 <= metrics['mIoU'] <= 100.0
     # Layer-wise lr decay reached the optimizer through the config.

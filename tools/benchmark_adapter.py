@@ -45,6 +45,7 @@ def measure_adapter(method, mode, args):
         type='ViTAdapter', arch='deit-tiny', pe_cfg=dict(method=method),
         drop_path_rate=0.1, window_attn=[windowed, windowed, False] * 4,
         window_size=[14, 14, None] * 4, norm_cfg=dict(type='BN'),
+        vit_feature_source='last' if windowed else 'per_interaction',
         msda_backend=args.msda_backend)).to(device)
     model.init_weights()
     images = torch.randn(args.batch_size, 3, args.img_size, args.img_size,

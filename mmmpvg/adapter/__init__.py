@@ -8,12 +8,14 @@ constructors.
 from .adapter_modules import (ConvFFN, Extractor, Injector, InteractionBlock,
                               SpatialPriorModule)
 from .layer_decay import BackboneLayerDecayOptimWrapperConstructor
-from .ms_deform_attn import MSDeformAttn, multi_scale_deformable_attention
-from .vit_adapter import ViTAdapter, windowed_layer_forward
+from .ms_deform_attn import (MSDeformAttn, multi_scale_deformable_attention,
+                             select_backend)
+from .vit_adapter import ViTAdapter
+from .window_attention import WindowMultiheadAttention
 
 __all__ = [
     'ViTAdapter', 'MSDeformAttn', 'multi_scale_deformable_attention',
     'SpatialPriorModule', 'InteractionBlock', 'Injector', 'Extractor',
     'ConvFFN', 'BackboneLayerDecayOptimWrapperConstructor',
-    'windowed_layer_forward'
+    'WindowMultiheadAttention', 'select_backend'
 ]

@@ -1,11 +1,15 @@
 """Multi-scale deformable attention (Deformable DETR) for the ViT-Adapter.
 
 The sampling itself is mmcv's: its compiled
-``MultiScaleDeformableAttnFunction`` where that kernel exists (CUDA tensors with a CUDA build of mmcv) and its
-``multi_scale_deformable_attn_pytorch`` (``F.grid_sample``) everywhere else.
+``MultiScaleDeformableAttnFunction`` where that kernel exists (CUDA tensors
+with a CUDA build of mmcv) and its ``multi_scale_deformable_attn_pytorch``
+(``F.grid_sample``) everywhere else. The backend that runs is logged once per
+device type; on CUDA without the compiled op, ``'auto'`` warns loudly that it
+falls back to the slow PyTorch path.
 mmcv's ``MultiScaleDeformableAttention`` module is not used because it adds
 its own dropout and residual; ViT-Adapter's injector/extractor add their own.
 """
+import logging
 import math
 from functools import lru_cache
 from typing import List, Sequence, Tuple
@@ -14,6 +18,7 @@ import torch
 import torch.nn as nn
 from mmcv.ops.multi_scale_deform_attn import (
     MultiScaleDeformableAttnFunction, multi_scale_deformable_attn_pytorch)
+from mmengine.logging import print_log
 from mmengine.model import BaseModule
 
 BACKENDS = ('auto', 'pytorch', 'compiled')
@@ -28,6 +33,40 @@ def mmcv_has_cuda_ops() -> bool:
 
 def compiled_op_available(device: torch.device) -> bool:
     return device.type == 'cuda' and mmcv_has_cuda_ops()
+
+
+def select_backend(backend: str, device: torch.device) -> str:
+    """The backend (``'compiled'`` or ``'pytorch'``) that runs for tensors on
+    ``device`` when ``backend`` is asked for; logged once per decision."""
+    if backend not in BACKENDS:
+        raise ValueError(f'Unknown deformable-attention backend {backend!r}; '
+                         f'choose one of {BACKENDS}.')
+    available = compiled_op_available(device)
+    if backend == 'compiled' and not available:
+        raise RuntimeError(
+            "backend='compiled' needs CUDA tensors and an mmcv built with "
+            f'CUDA ops (tensors are on {device}, mmcv CUDA ops: '
+            f"{mmcv_has_cuda_ops()}); use backend='pytorch' or 'auto'.")
+    chosen = 'compiled' if available and backend != 'pytorch' else 'pytorch'
+    _log_backend(backend, chosen, device.type)
+    return chosen
+
+
+@lru_cache(maxsize=None)
+def _log_backend(requested: str, chosen: str, device_type: str) -> None:
+    if device_type == 'cuda' and chosen == 'pytorch' and requested == 'auto':
+        print_log(
+            'Multi-scale deformable attention: this mmcv has no compiled CUDA '
+            "op (mmcv.ops.get_compiling_cuda_version() is 'not "
+            "available'), so msda_backend='auto' falls back to the PyTorch "
+            'path (F.grid_sample) on CUDA: much slower and more memory. '
+            'Install an mmcv built with CUDA ops (e.g. mim install mmcv) or '
+            "set msda_backend='pytorch' to silence this warning.",
+            logger='current', level=logging.WARNING)
+        return
+    print_log(f'Multi-scale deformable attention runs the {chosen} backend '
+              f'on {device_type} (msda_backend={requested!r}).',
+              logger='current', level=logging.INFO)
 
 
 def multi_scale_deformable_attention(
@@ -57,16 +96,7 @@ def multi_scale_deformable_attention(
     Returns:
         (bs, num_queries, num_heads * head_dims) in fp32.
     """
-    if backend not in BACKENDS:
-        raise ValueError(f'Unknown deformable-attention backend {backend!r}; '
-                         f'choose one of {BACKENDS}.')
-    use_compiled = compiled_op_available(value.device)
-    if backend == 'compiled' and not use_compiled:
-        raise RuntimeError(
-            "backend='compiled' needs CUDA tensors and an mmcv built with "
-            f'CUDA ops (tensors are on {value.device}, mmcv CUDA ops: '
-            f"{mmcv_has_cuda_ops()}); use backend='pytorch' or 'auto'.")
-    use_compiled = use_compiled and backend != 'pytorch'
+    use_compiled = select_backend(backend, value.device) == 'compiled'
 
     with torch.autocast(device_type=value.device.type, enabled=False):
         value = value.float()

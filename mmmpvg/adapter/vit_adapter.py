@@ -3,39 +3,43 @@
 The plain-ViT part *is* :class:`PEVisionTransformer` (same parameter names,
 so an mmpretrain classifier checkpoint loads with ``prefix='backbone.'``); the
 adapter adds the spatial prior module, level embeddings and the interaction
-blocks, and returns 4 maps (1/4, 1/8, 1/16, 1/32) for FPN / UperNet. The
-ViT layers are DeiT's: ViT-Adapter's own ViT adds layer-scale gammas
-(initialised to 1; 4.6k parameters in Ti) that DeiT checkpoints do not have.
+blocks, and returns 4 maps (1/4, 1/8, 1/16, 1/32) for FPN / UperNet. As in
+ViT-Adapter's ``base/vit.py`` the ViT layers carry layer-scale gammas on both
+branches (``layer_scale_init_value=1.0``; 2 x 192 x 12 = 4,608 parameters in
+Ti); DeiT checkpoints have none, so they stay at 1.0 when one is loaded.
+
+ViT-Adapter has two backbones that differ in which ViT tokens reach the
+outputs (``vit_feature_source``):
+
+* ``'last'`` (``detection/.../vit_adapter.py``): the tokens after the last
+  layer, resized to 1/4, 1/8, 1/16 and 1/32, are added to all four levels.
+* ``'per_interaction'`` (``segmentation/.../vit_adapter.py``): the tokens
+  after interaction block i (after layers 2, 5, 8, 11 in Ti) are added to
+  level i only, resized to that level.
 
 Position embeddings. ViT-Adapter adds the bicubically resized ``pos_embed``
-once before block 0. Here the ViT layers receive the PE plan of the chosen
-method exactly as in classification: ``pos_0`` is resized to the feature
-grid first, then the LN chain runs (``PEVisionTransformer.pe(grid)``).
+once before block 0 (and keeps, unused, the class token's row). Here the ViT
+layers receive the PE plan of the chosen method exactly as in
+classification: ``pos_0`` is resized to the feature grid first, then the LN
+chain runs (``PEVisionTransformer.pe(grid)``).
 
 MPVG's Last LN (Eq. 11, ``y = LN(x_L) + LN''(pos_0)``). ViT-Adapter never
-uses the ViT's final norm; the last ViT tokens reach the outputs through
-``add_vit_feature`` (added, resized, to all four levels before the output
-BatchNorms). Decision: the ViT feature that is added to the outputs passes
-through the Last LN *with* its PE term when the PE method has that term
-(``vit_last_norm=None``, the default). This keeps what Eq. 11 does in the
-classifier -- the counterbalanced tokens leave the ViT through
-``LN(x) + LN''(pos_0)`` -- and leaves Default / LaPE / PVG exactly as
-ViT-Adapter builds them. ``vit_last_norm=False`` is the alternative
-(ViT-Adapter's structure for every method: no Last LN, MPVG's term dropped,
-so MPVG differs from PVG only by its pretrained weights); ``True`` applies
-the Last LN for every method (e.g. a PVG control with the same LN).
+applies the ViT's final norm, and by default (``vit_last_norm=False``)
+neither does this adapter, for any PE method: MPVG's LN'' is not built, so
+the MPVG adapter has PVG's structure and the four methods differ only in the
+ViT's PE method and pre-trained weights. ``vit_last_norm=True`` is our
+extension: the last ViT tokens leave through the Last LN, with MPVG's
+``LN''(pos_0)`` term (a plain Last LN for the other methods, e.g. the PVG
+control). Like mmseg's ViT ``final_norm`` it acts on the last layer's tokens
+only: on all four levels with ``'last'``, on the 1/32 level with
+``'per_interaction'``.
 
-Window attention. Everything in a :class:`PETransformerLayer` except the
-attention is token-wise, so running the layer on window-partitioned tokens
-and window-partitioned PE *is* window attention. Grids that are not a
-multiple of the window are split into full windows plus smaller border
-windows (no padding tokens; ViT-Adapter pads with zeros that still take part
-in the softmax). One difference remains: drop path inside the layer then
-draws per window instead of per image during training.
+Window attention (:class:`WindowMultiheadAttention`) replaces the attention
+of the windowed layers; the layer itself runs on the whole image, so drop
+path draws per image as in ViT-Adapter.
 """
 import math
-from functools import partial
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -54,55 +58,13 @@ from .adapter_modules import (InteractionBlock, SpatialPriorModule,
                               maps_to_tokens, reference_points,
                               tokens_to_maps)
 from .ms_deform_attn import MSDeformAttn
+from .window_attention import WINDOW_PADDINGS, WindowMultiheadAttention
 
 VIT_PREFIXES = ('patch_embed.', 'pe.', 'layers.', 'last_norm.')
-
-
-def _axis_blocks(size: int, window: int) -> List[Tuple[int, int, int]]:
-    """(start, end, window) spans: full windows, then one border window."""
-    full = size // window * window
-    blocks = [(0, full, window)] if full else []
-    if size > full:
-        blocks.append((full, size, size - full))
-    return blocks
-
-
-def _partition(x: torch.Tensor, wh: int, ww: int) -> torch.Tensor:
-    """(B, h, w, C) with h % wh == w % ww == 0 -> (B * n, wh * ww, C)."""
-    b, h, w, c = x.shape
-    x = x.reshape(b, h // wh, wh, w // ww, ww, c).permute(0, 1, 3, 2, 4, 5)
-    return x.reshape(-1, wh * ww, c)
-
-
-def _merge(windows: torch.Tensor, b: int, h: int, w: int, wh: int,
-           ww: int) -> torch.Tensor:
-    """Inverse of :func:`_partition`."""
-    x = windows.reshape(b, h // wh, w // ww, wh, ww, -1).permute(
-        0, 1, 3, 2, 4, 5)
-    return x.reshape(b, h, w, -1)
-
-
-def windowed_layer_forward(layer: nn.Module, x: torch.Tensor,
-                           pe: Optional[torch.Tensor], grid: Tuple[int, int],
-                           window: int) -> torch.Tensor:
-    """Run ``layer(x, pe)`` as window attention on a (h, w) token grid."""
-    b, _, c = x.shape
-    h, w = grid
-    x = x.reshape(b, h, w, c)
-    pe = pe.reshape(1, h, w, c) if pe is not None else None
-    rows = []
-    for h0, h1, wh in _axis_blocks(h, window):
-        cols = []
-        for w0, w1, ww in _axis_blocks(w, window):
-            windows = _partition(x[:, h0:h1, w0:w1], wh, ww)
-            window_pe = None
-            if pe is not None:
-                window_pe = _partition(pe[:, h0:h1, w0:w1], wh, ww).repeat(
-                    b, 1, 1)
-            out = layer(windows, window_pe)
-            cols.append(_merge(out, b, h1 - h0, w1 - w0, wh, ww))
-        rows.append(torch.cat(cols, dim=2))
-    return torch.cat(rows, dim=1).reshape(b, h * w, c)
+LAYER_SCALE_SUFFIXES = ('.attn.gamma1.weight', '.ffn.gamma2.weight')
+VIT_FEATURE_SOURCES = ('last', 'per_interaction')
+# Scale from the ViT grid (1/16) to output levels 1/4, 1/8, 1/16, 1/32.
+LEVEL_SCALES = (4, 2, 1, 0.5)
 
 
 def _per_layer(value, num_layers: int, name: str) -> list:
@@ -134,13 +96,23 @@ class ViTAdapter(PEVisionTransformer):
         with_cffn (bool): Conv-FFN in the extractors.
         cffn_ratio (float): Conv-FFN hidden width ratio.
         use_extra_extractor (bool): Two more extractors in the last block.
-        add_vit_feature (bool): Add the (resized) last ViT tokens to every
-            output level.
-        vit_last_norm (bool | None): Pass that ViT feature through the Last
-            LN (with MPVG's PE term); ``None`` = only when the PE method has a
-            PE term in the Last LN. See the module docstring.
+        add_vit_feature (bool): Add (resized) ViT tokens to the output
+            levels.
+        vit_feature_source (str): Which ViT tokens: ``'last'`` (the
+            detection backbone: the last layer's, to every level) or
+            ``'per_interaction'`` (the segmentation backbone: interaction
+            block i's, to level i). See the module docstring.
+        vit_last_norm (bool): Pass the last ViT tokens through the Last LN
+            (with MPVG's ``LN''(pos_0)``); our extension, ViT-Adapter has
+            none (``False``).
+        layer_scale_init_value (float): Layer-scale gammas of the ViT layers
+            (ViT-Adapter: 1.0; 0 builds none, as DeiT).
         window_attn (bool | list[bool]): Window attention per ViT layer.
         window_size (int | list[int | None]): Window per ViT layer.
+        window_padding (str): Grids that are not a multiple of the window:
+            ``'zeros'`` (ViT-Adapter: zero-padded q, k, v, padded keys in the
+            softmax) or ``'masked'`` (smaller border windows), see
+            :class:`WindowMultiheadAttention`.
         drop_path_rate (float): Stochastic depth of the ViT layers (linear)
             and of the extractors' conv-FFN.
         norm_cfg (dict): Norm of the spatial prior module and the outputs
@@ -171,9 +143,12 @@ class ViTAdapter(PEVisionTransformer):
                  cffn_ratio: float = 0.25,
                  use_extra_extractor: bool = True,
                  add_vit_feature: bool = True,
-                 vit_last_norm: Optional[bool] = None,
+                 vit_feature_source: str = 'last',
+                 vit_last_norm: bool = False,
+                 layer_scale_init_value: float = 1.0,
                  window_attn: Union[bool, Sequence[bool]] = False,
                  window_size: Union[int, Sequence[Optional[int]]] = 14,
+                 window_padding: str = 'zeros',
                  drop_rate: float = 0.,
                  attn_drop_rate: float = 0.,
                  drop_path_rate: float = 0.,
@@ -190,17 +165,33 @@ class ViTAdapter(PEVisionTransformer):
             raise ValueError('ViTAdapter takes one Pretrained init_cfg.')
         other_init = [c for c in init_cfgs if c.get('type') != 'Pretrained']
 
-        pe_cfg = dict(pe_cfg or {})
-        knobs = dict(PE_METHODS.get(pe_cfg.get('method', 'default'), {}),
-                     **pe_cfg)
-        has_pe_term = knobs.get('last_norm_pos') is not None
+        if vit_feature_source not in VIT_FEATURE_SOURCES:
+            raise ValueError(f'vit_feature_source must be one of '
+                             f'{VIT_FEATURE_SOURCES}, got '
+                             f'{vit_feature_source!r}.')
+        if vit_feature_source == 'per_interaction' and \
+                len(interaction_indexes) != len(LEVEL_SCALES):
+            raise ValueError(
+                "vit_feature_source='per_interaction' adds interaction block "
+                f'i to output level i: it needs {len(LEVEL_SCALES)} blocks, '
+                f'got {len(interaction_indexes)}.')
+        if window_padding not in WINDOW_PADDINGS:
+            raise ValueError(f'window_padding must be one of '
+                             f'{WINDOW_PADDINGS}, got {window_padding!r}.')
+        if vit_last_norm not in (True, False):
+            raise ValueError(f'vit_last_norm must be True or False, got '
+                             f'{vit_last_norm!r}.')
         if vit_last_norm and not add_vit_feature:
             raise ValueError('vit_last_norm=True needs add_vit_feature=True: '
                              'without the ViT feature the Last LN has no '
                              'output to act on.')
-        if vit_last_norm is None:
-            vit_last_norm = has_pe_term and add_vit_feature
-        if has_pe_term and not vit_last_norm:
+        pe_cfg = dict(pe_cfg or {})
+        knobs = dict(PE_METHODS.get(pe_cfg.get('method', 'default'), {}),
+                     **pe_cfg)
+        # Whether the method's classifier has Eq. 11's LN'', also when this
+        # adapter does not build it: checked against checkpoints.
+        self.method_has_last_pos_norm = knobs.get('last_norm_pos') is not None
+        if not vit_last_norm:
             # The PE norm of Eq. 11 would be unused: do not build it.
             pe_cfg['last_norm_pos'] = None
 
@@ -209,8 +200,11 @@ class ViTAdapter(PEVisionTransformer):
             in_channels=in_channels, global_pool='avg', pe_cfg=pe_cfg,
             out_type='featmap', drop_rate=drop_rate,
             attn_drop_rate=attn_drop_rate, drop_path_rate=drop_path_rate,
-            qkv_bias=qkv_bias, norm_cfg=ln_cfg, init_cfg=other_init or None)
+            qkv_bias=qkv_bias, norm_cfg=ln_cfg,
+            layer_scale_init_value=layer_scale_init_value,
+            init_cfg=other_init or None)
         self.pretrained_cfg = pretrained[0] if pretrained else None
+        self.layer_scale_init_value = layer_scale_init_value
         if not vit_last_norm:
             self.last_norm = None
 
@@ -231,7 +225,22 @@ class ViTAdapter(PEVisionTransformer):
             if on and not (isinstance(size, int) and size > 0):
                 raise ValueError(f'Layer {i} has window attention but '
                                  f'window_size={size!r}.')
+            if on:
+                layer = self.layers[i]
+                layer.attn = WindowMultiheadAttention(
+                    embed_dims=self.embed_dims,
+                    num_heads=layer.attn.num_heads,
+                    attn_drop=attn_drop_rate,
+                    proj_drop=drop_rate,
+                    dropout_layer=dict(
+                        type='DropPath',
+                        drop_prob=layer.attn.out_drop.drop_prob),
+                    qkv_bias=qkv_bias,
+                    layer_scale_init_value=layer_scale_init_value,
+                    window_size=size,
+                    window_padding=window_padding)
         self.add_vit_feature = add_vit_feature
+        self.vit_feature_source = vit_feature_source
         self.with_cp = with_cp
 
         dims = self.embed_dims
@@ -313,6 +322,16 @@ class ViTAdapter(PEVisionTransformer):
                     self.pe.pos_embed.shape[1] + 1:
                 state['pe.pos_embed'] = pos[:, 1:]
             notes.append('dropped the class token and its PE row')
+        term_mismatch = None
+        if 'last_norm.weight' in state:
+            # A checkpoint with its Last LN shows whether it had LN''.
+            has_term = any(k.startswith('pe.last_pos_norm.') for k in state)
+            if has_term != self.method_has_last_pos_norm:
+                term_mismatch = (
+                    f"the checkpoint {'has' if has_term else 'lacks'} MPVG's "
+                    "Last-LN PE norm (Eq. 11, pe.last_pos_norm), which PE "
+                    f"method {self.pe.method!r} "
+                    f"{'does not have' if has_term else 'has'}")
         unused = [k for k in state
                   if (k.startswith('last_norm.') and self.last_norm is None)
                   or (k.startswith('pe.last_pos_norm.')
@@ -323,16 +342,23 @@ class ViTAdapter(PEVisionTransformer):
                 del state[k]
 
         own = self.state_dict()
-        # The ViT must load completely; adapter keys load where present
-        # (e.g. from a ViTAdapter checkpoint).
+        # The ViT must load completely, except for layer-scale gammas that a
+        # DeiT / mmpretrain classifier does not have; adapter keys load where
+        # present (e.g. from a ViTAdapter checkpoint).
         missing = sorted(k for k in own
                          if k.startswith(VIT_PREFIXES) and k not in state)
+        gammas = [k for k in missing if k.endswith(LAYER_SCALE_SUFFIXES)]
+        if gammas:
+            missing = [k for k in missing if k not in gammas]
+            notes.append(f'{len(gammas)} layer-scale gammas are not in the '
+                         'checkpoint and keep their init '
+                         f'{self.layer_scale_init_value}')
         unexpected = sorted(set(state) - set(own))
         mismatched = sorted(
             f'{k}: checkpoint {tuple(state[k].shape)} vs model '
             f'{tuple(own[k].shape)}' for k in set(own) & set(state)
             if state[k].shape != own[k].shape)
-        if missing or unexpected or mismatched:
+        if missing or unexpected or mismatched or term_mismatch:
             lines = [f'Checkpoint {filename} (prefix {prefix!r}) does not fit '
                      f'this ViT (PE method {self.pe.method!r}, PE norms for '
                      f'layers {self.pe.layers_with_pe()}).']
@@ -341,7 +367,10 @@ class ViTAdapter(PEVisionTransformer):
                                 ('shape mismatch', mismatched)):
                 if keys:
                     lines.append(f'  {title}: {keys}')
-            if any(k.startswith('pe.') for k in missing + unexpected):
+            if term_mismatch:
+                lines.append(f'  {term_mismatch}')
+            if term_mismatch or any(k.startswith('pe.')
+                                    for k in missing + unexpected):
                 lines.append('  The checkpoint was probably trained with '
                              'another PE method: set pe_cfg to match it.')
             if any(k.startswith('pe.pos_embed') for k in mismatched):
@@ -358,12 +387,10 @@ class ViTAdapter(PEVisionTransformer):
                    pe: Optional[torch.Tensor],
                    grid: Tuple[int, int]) -> torch.Tensor:
         layer = self.layers[index]
-        fn = partial(windowed_layer_forward, layer, grid=grid,
-                     window=self.window_size[index]) \
-            if self.window_attn[index] else layer
+        kwargs = dict(hw_shape=grid) if self.window_attn[index] else {}
         if self.with_cp and x.requires_grad:
-            return cp.checkpoint(fn, x, pe, use_reentrant=False)
-        return fn(x, pe)
+            return cp.checkpoint(layer, x, pe, use_reentrant=False, **kwargs)
+        return layer(x, pe, **kwargs)
 
     def forward(self, img: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         h, w = img.shape[-2:]
@@ -389,25 +416,31 @@ class ViTAdapter(PEVisionTransformer):
 
         x_ref = reference_points([grid], img.device)
         c_ref = reference_points(c_shapes, img.device)
+        block_tokens = []
         for block, (first, last) in zip(self.interactions,
                                         self.interaction_indexes):
             x = block.injector(x, c, x_ref, c_shapes)
             for i in range(first, last + 1):
                 x = self._vit_layer(i, x, plan.per_layer[i], grid)
+            block_tokens.append(x)
             c = block.extract(c, x, c_ref, c_shapes, grid)
 
         c2, c3, c4 = tokens_to_maps(c, c_shapes)
         outs = [self.up(c2) + c1, c2, c3, c4]
         if self.add_vit_feature:
             if self.last_norm is not None:
-                x = self.last_norm(x)
+                last = self.last_norm(block_tokens[-1])
                 if plan.to_last_norm is not None:
-                    x = x + plan.to_last_norm
-            x3 = x.transpose(1, 2).reshape(batch, self.embed_dims, *grid)
-            vit = [
-                F.interpolate(x3, scale_factor=s, mode='bilinear',
-                              align_corners=False) for s in (4, 2)
-            ] + [x3, F.interpolate(x3, scale_factor=0.5, mode='bilinear',
-                                   align_corners=False)]
-            outs = [o + v for o, v in zip(outs, vit)]
+                    last = last + plan.to_last_norm
+                block_tokens[-1] = last
+            if self.vit_feature_source == 'last':
+                block_tokens = block_tokens[-1:] * len(LEVEL_SCALES)
+            for level, (tokens, scale) in enumerate(
+                    zip(block_tokens, LEVEL_SCALES)):
+                vit = tokens.transpose(1, 2).reshape(batch, self.embed_dims,
+                                                     *grid)
+                if scale != 1:
+                    vit = F.interpolate(vit, scale_factor=scale,
+                                        mode='bilinear', align_corners=False)
+                outs[level] = outs[level] + vit
         return tuple(norm(o) for norm, o in zip(self.out_norms, outs))

@@ -24,10 +24,13 @@ class CPUAmpOptimWrapper(OptimWrapper):
     Args:
         dtype (str | torch.dtype): Autocast dtype; CPU autocast supports
             only ``'bfloat16'``.
+        loss_scale: Ignored (bfloat16 needs no loss scaling); accepted so
+            that a CUDA fp16 config (``AmpOptimWrapper`` with a
+            ``loss_scale``) runs on CPU by changing only its ``type``.
         **kwargs: Arguments of :class:`mmengine.optim.OptimWrapper`.
     """
 
-    def __init__(self, dtype='bfloat16', **kwargs):
+    def __init__(self, dtype='bfloat16', loss_scale=None, **kwargs):
         dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
         if dtype != torch.bfloat16:
             raise ValueError(

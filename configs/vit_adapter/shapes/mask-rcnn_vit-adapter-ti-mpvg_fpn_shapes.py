@@ -2,7 +2,7 @@
 # cores, on generated shapes (see the README for the data command): same
 # model, BN instead of SyncBN, no pre-trained DeiT, 128x128 images at their
 # size with flips only, fewer proposals and sampled RoIs, a higher lr.
-_base_ = '../mask-rcnn_vit-adapter-ti-mpvg_fpn_8xb1-ms-3x_coco.py'
+_base_ = '../mask-rcnn_vit-adapter-ti-mpvg_fpn_4xb2-ms-3x_coco.py'
 
 data_root = 'data/shapes_coco/'
 classes = ('square', 'triangle', 'disc')

@@ -1,7 +1,7 @@
 # The ADE20K recipe scaled down for a CPU demo on generated shapes
 # (python tools/make_shapes_data.py ade20k data/shapes_ade20k): same model,
 # BN instead of SyncBN, no pre-trained DeiT, 64x64 crops, 300 iterations.
-_base_ = '../upernet_vit-adapter-ti-mpvg_8xb1-160k_ade20k-512x512.py'
+_base_ = '../upernet_vit-adapter-ti-mpvg_4xb2-160k_ade20k-512x512.py'
 
 data_root = 'data/shapes_ade20k'
 # The generator's classes (label k + 1 in the PNGs, 0 ignored), coloured as
@@ -47,7 +47,14 @@ val_dataloader = dict(
                  reduce_zero_label=True, pipeline=test_pipeline))
 test_dataloader = val_dataloader
 
-optim_wrapper = dict(optimizer=dict(lr=1e-3))
+# fp32: the recipe's fp16 AmpOptimWrapper needs CUDA.
+optim_wrapper = dict(
+    _delete_=True,
+    type='OptimWrapper',
+    optimizer=dict(type='AdamW', lr=1e-3, betas=(0.9, 0.999),
+                   weight_decay=0.01),
+    constructor='BackboneLayerDecayOptimWrapperConstructor',
+    paramwise_cfg=dict(layer_decay_rate=0.95, flat_decay_mult=0.0))
 param_scheduler = [
     dict(type='LinearLR', start_factor=1e-3, by_epoch=False, begin=0,
          end=30),

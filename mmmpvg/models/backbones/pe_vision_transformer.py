@@ -24,7 +24,10 @@ class PETransformerLayer(BaseModule):
     """Pre-norm transformer layer that can take a PE at the attention input.
 
     ``attn(ln1(x) + pe)`` (Eq. 6, 9): the PE reaches q, k and v because they
-    come from one projection of the same input.
+    come from one projection of the same input. ``layer_scale_init_value > 0``
+    adds layer-scale gammas to both branches as mmpretrain's
+    TransformerEncoderLayer (``attn.gamma1``, ``ffn.gamma2``); 0 (DeiT) builds
+    none.
     """
 
     def __init__(self,
@@ -37,6 +40,7 @@ class PETransformerLayer(BaseModule):
                  qkv_bias: bool = True,
                  act_cfg: dict = dict(type='GELU'),
                  norm_cfg: dict = dict(type='LN', eps=1e-6),
+                 layer_scale_init_value: float = 0.,
                  init_cfg=None):
         super().__init__(init_cfg=init_cfg)
         self.ln1 = build_norm_layer(norm_cfg, embed_dims)[1]
@@ -46,7 +50,8 @@ class PETransformerLayer(BaseModule):
             attn_drop=attn_drop_rate,
             proj_drop=drop_rate,
             dropout_layer=dict(type='DropPath', drop_prob=drop_path_rate),
-            qkv_bias=qkv_bias)
+            qkv_bias=qkv_bias,
+            layer_scale_init_value=layer_scale_init_value)
         self.ln2 = build_norm_layer(norm_cfg, embed_dims)[1]
         self.ffn = FFN(
             embed_dims=embed_dims,
@@ -54,14 +59,17 @@ class PETransformerLayer(BaseModule):
             num_fcs=2,
             ffn_drop=drop_rate,
             dropout_layer=dict(type='DropPath', drop_prob=drop_path_rate),
-            act_cfg=act_cfg)
+            act_cfg=act_cfg,
+            layer_scale_init_value=layer_scale_init_value)
 
-    def forward(self, x: torch.Tensor,
-                pe: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, pe: Optional[torch.Tensor] = None,
+                **attn_kwargs) -> torch.Tensor:
+        """``attn_kwargs`` go to the attention (e.g. the token grid of a
+        window attention)."""
         attn_in = self.ln1(x)
         if pe is not None:
             attn_in = attn_in + pe
-        x = x + self.attn(attn_in)
+        x = x + self.attn(attn_in, **attn_kwargs)
         return self.ffn(self.ln2(x), identity=x)
 
 
@@ -86,6 +94,8 @@ class PEVisionTransformer(BaseBackbone):
         drop_rate, attn_drop_rate, drop_path_rate (float): Regularisation.
         qkv_bias (bool): Bias in the qkv projection (DeiT: True).
         norm_cfg (dict): LayerNorm config (eps 1e-6 as in DeiT).
+        layer_scale_init_value (float): Layer-scale gammas of every layer
+            (0 = none, as DeiT).
     """
     arch_zoo = {
         **dict.fromkeys(['deit-t', 'deit-tiny'], dict(
@@ -113,6 +123,7 @@ class PEVisionTransformer(BaseBackbone):
                  drop_path_rate: float = 0.,
                  qkv_bias: bool = True,
                  norm_cfg: dict = dict(type='LN', eps=1e-6),
+                 layer_scale_init_value: float = 0.,
                  init_cfg=None):
         super().__init__(init_cfg=init_cfg)
         if isinstance(arch, str):
@@ -163,7 +174,9 @@ class PEVisionTransformer(BaseBackbone):
                 attn_drop_rate=attn_drop_rate,
                 drop_path_rate=dpr[i],
                 qkv_bias=qkv_bias,
-                norm_cfg=norm_cfg) for i in range(self.num_layers)
+                norm_cfg=norm_cfg,
+                layer_scale_init_value=layer_scale_init_value)
+            for i in range(self.num_layers)
         ])
         self.last_norm = build_norm_layer(norm_cfg, self.embed_dims)[1]
 

@@ -1,7 +1,8 @@
-_base_ = './_base_/upernet_vit-adapter-ti_8xb1-160k_ade20k-512x512.py'
+_base_ = './_base_/mask-rcnn_vit-adapter-ti_fpn_4xb2-ms-3x_coco.py'
 
 # DeiT-Ti pre-trained with configs/deit/deit-tiny_mpvg_4xb256_in1k.py
-# (GAP).
+# (GAP). Its Last LN and LN''(pos_0) are not used, as ViT-Adapter has no
+# Last LN: the adapter then has PVG's structure (Eq. 11 variant: *-lastln_*).
 model = dict(
     backbone=dict(
         pe_cfg=dict(method='mpvg'),

@@ -1,4 +1,4 @@
-_base_ = './_base_/mask-rcnn_vit-adapter-ti_fpn_8xb1-ms-3x_coco.py'
+_base_ = './_base_/upernet_vit-adapter-ti_4xb2-160k_ade20k-512x512.py'
 
 # DeiT-Ti pre-trained with configs/deit/deit-tiny_default_4xb256_in1k.py
 # (class token: the adapter drops it and its PE row when loading).
