@@ -38,7 +38,7 @@ def check_figure(figure, out, first_image, height, width):
 
 def test_draw_mask_rcnn_predictions(tmp_path, draw_tool):
     root = str(tmp_path / 'coco')
-    make_coco_shapes(root, splits=(('val', 3), ))
+    make_coco_shapes(root, splits=(('val', 3), ), size=(64, 64))
     out = str(tmp_path / 'det.png')
     figure = draw_tool.main([
         osp.join(SHAPES, 'mask-rcnn_vit-adapter-ti-mpvg_fpn_shapes.py'),
@@ -46,7 +46,7 @@ def test_draw_mask_rcnn_predictions(tmp_path, draw_tool):
         '--cfg-options', f'test_dataloader.dataset.data_root={root}/'])
     first = mmcv.imread(osp.join(root, 'val', '000001.jpg'),
                         channel_order='rgb')
-    check_figure(figure, out, first, 128, 128)
+    check_figure(figure, out, first, 64, 64)
 
 
 def test_draw_upernet_predictions(tmp_path, draw_tool):
