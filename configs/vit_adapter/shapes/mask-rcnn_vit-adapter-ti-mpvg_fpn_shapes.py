@@ -3,7 +3,7 @@
 # --val 32 --size 64 64 --shape-size 0.3 0.6 (README, "Downstream demo").
 # Same backbone (ViT-Adapter-Ti, MPVG, from scratch: no pre-trained DeiT; BN
 # for SyncBN); FPN and heads at half width; 64x64 images at their size with
-# flips only; fewer proposals and RoIs; AdamW at 2x the lr, 5 short epochs.
+# flips only; fewer proposals and RoIs; AdamW at the recipe's lr, 5 epochs.
 _base_ = '../mask-rcnn_vit-adapter-ti-mpvg_fpn_4xb2-ms-3x_coco.py'
 
 data_root = 'data/shapes_coco/'
@@ -61,7 +61,7 @@ test_dataloader = val_dataloader
 val_evaluator = dict(ann_file=data_root + 'annotations/val.json')
 test_evaluator = val_evaluator
 
-optim_wrapper = dict(optimizer=dict(lr=2e-4))
+optim_wrapper = dict(optimizer=dict(lr=1e-4))
 max_epochs = 5
 train_cfg = dict(max_epochs=max_epochs, val_interval=1)
 param_scheduler = [
