@@ -8,7 +8,8 @@ configs without COCO or ADE20K:
 """
 import argparse
 
-from mmmpvg.datasets.shapes import make_ade20k_shapes, make_coco_shapes
+from mmmpvg.datasets.shapes import (DEFAULT_SHAPE_SIZE, make_ade20k_shapes,
+                                    make_coco_shapes)
 
 
 def parse_args():
@@ -19,19 +20,28 @@ def parse_args():
     parser.add_argument('--val', type=int, default=16)
     parser.add_argument('--size', type=int, nargs=2, default=(128, 128),
                         metavar=('H', 'W'))
+    parser.add_argument('--max-shapes', type=int, default=3,
+                        help='shapes per image at most (default: 3)')
+    parser.add_argument(
+        '--shape-size', type=float, nargs=2, default=DEFAULT_SHAPE_SIZE,
+        metavar=('MIN', 'MAX'),
+        help='shape side as fractions of the shorter image side '
+        '(default: 1/6 1/3)')
     parser.add_argument('--seed', type=int, default=0)
     return parser.parse_args()
 
 
 def main():
     args = parse_args()
+    shapes = dict(max_shapes=args.max_shapes,
+                  shape_size=tuple(args.shape_size), seed=args.seed)
     if args.format == 'coco':
         make_coco_shapes(args.out_dir, (('train', args.train), ('val', args.val)),
-                         tuple(args.size), seed=args.seed)
+                         tuple(args.size), **shapes)
     else:
         make_ade20k_shapes(args.out_dir, (('training', args.train),
                                           ('validation', args.val)),
-                           tuple(args.size), seed=args.seed)
+                           tuple(args.size), **shapes)
     print(f'wrote {args.format} shapes to {args.out_dir}')
 
 

@@ -12,12 +12,22 @@ import pycocotools.mask as mask_utils
 
 SHAPE_CLASSES = ('square', 'triangle', 'disc')
 _COLOURS = ((220, 60, 60), (60, 200, 60), (60, 90, 230))  # BGR per class
+DEFAULT_SHAPE_SIZE = (1 / 6, 1 / 3)  # of the shorter image side
+
+
+def _check_shape_size(shape_size: Tuple[float, float]) -> None:
+    low, high = shape_size
+    if not 0 < low < high <= 1:
+        raise ValueError(f'shape_size {tuple(shape_size)} must be fractions '
+                         '0 < min < max <= 1 of the shorter image side.')
 
 
 def _draw_image(rng: np.random.Generator, height: int, width: int,
-                max_shapes: int) -> Tuple[np.ndarray, List[Tuple]]:
+                max_shapes: int, shape_size: Tuple[float, float]
+                ) -> Tuple[np.ndarray, List[Tuple]]:
     """An image and its instances as (class_index, binary mask, polygon or
-    None); discs have no polygon (they are stored as RLE)."""
+    None); discs have no polygon (they are stored as RLE). Shape sides are
+    drawn from ``shape_size`` (fractions of the shorter side)."""
     img = rng.integers(0, 60, (height, width, 3), dtype=np.uint8)
     instances = []
     occupied = np.zeros((height, width), bool)
@@ -25,8 +35,9 @@ def _draw_image(rng: np.random.Generator, height: int, width: int,
         if len(instances) == max_shapes:
             break
         cls = int(rng.integers(len(SHAPE_CLASSES)))
-        size = int(rng.integers(min(height, width) // 6,
-                                min(height, width) // 3))
+        side = min(height, width)
+        size = int(rng.integers(int(side * shape_size[0]),
+                                int(side * shape_size[1])))
         x0 = int(rng.integers(0, width - size))
         y0 = int(rng.integers(0, height - size))
         mask = np.zeros((height, width), np.uint8)
@@ -53,12 +64,14 @@ def _draw_image(rng: np.random.Generator, height: int, width: int,
 
 def make_coco_shapes(root: str, splits=(('train', 8), ('val', 4)),
                      size: Tuple[int, int] = (128, 128), max_shapes: int = 3,
+                     shape_size: Tuple[float, float] = DEFAULT_SHAPE_SIZE,
                      seed: int = 0) -> dict:
     """Write ``root/{split}/*.jpg`` and ``root/annotations/{split}.json``.
 
     Returns ``{split: ann_file}``. Squares and triangles are polygons,
     discs compressed RLE, as in COCO.
     """
+    _check_shape_size(shape_size)
     rng = np.random.default_rng(seed)
     os.makedirs(osp.join(root, 'annotations'), exist_ok=True)
     categories = [dict(id=i + 1, name=n) for i, n in enumerate(SHAPE_CLASSES)]
@@ -68,7 +81,7 @@ def make_coco_shapes(root: str, splits=(('train', 8), ('val', 4)),
         os.makedirs(osp.join(root, split), exist_ok=True)
         images, annotations = [], []
         for image_id in range(1, num_images + 1):
-            img, instances = _draw_image(rng, *size, max_shapes)
+            img, instances = _draw_image(rng, *size, max_shapes, shape_size)
             file_name = f'{image_id:06d}.jpg'
             cv2.imwrite(osp.join(root, split, file_name), img)
             images.append(dict(id=image_id, file_name=file_name,
@@ -101,17 +114,19 @@ def make_coco_shapes(root: str, splits=(('train', 8), ('val', 4)),
 def make_ade20k_shapes(root: str, splits=(('training', 8),
                                           ('validation', 4)),
                        size: Tuple[int, int] = (96, 128), max_shapes: int = 3,
+                       shape_size: Tuple[float, float] = DEFAULT_SHAPE_SIZE,
                        seed: int = 0) -> None:
     """Write ``root/images/{split}/*.jpg`` and
     ``root/annotations/{split}/*.png``: 1 for the background, k + 2 for
     shape k, and 0 (ADE20K's "other", ignored with ``reduce_zero_label``)
     on a one-pixel image border."""
+    _check_shape_size(shape_size)
     rng = np.random.default_rng(seed)
     for split, num_images in splits:
         os.makedirs(osp.join(root, 'images', split), exist_ok=True)
         os.makedirs(osp.join(root, 'annotations', split), exist_ok=True)
         for index in range(num_images):
-            img, instances = _draw_image(rng, *size, max_shapes)
+            img, instances = _draw_image(rng, *size, max_shapes, shape_size)
             label = np.ones(size, np.uint8)
             for cls, mask, _ in instances:
                 label[mask] = cls + 2

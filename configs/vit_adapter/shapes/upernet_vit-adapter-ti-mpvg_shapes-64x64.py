@@ -1,16 +1,24 @@
 # The ADE20K recipe scaled down for a CPU demo on generated shapes
-# (python tools/make_shapes_data.py ade20k data/shapes_ade20k): same model,
-# BN instead of SyncBN, no pre-trained DeiT, 64x64 crops, 300 iterations.
+# (python tools/make_shapes_data.py ade20k data/shapes_ade20k --train 64
+# --val 16 --size 96 128): same model with heads for the data's 4 classes,
+# BN instead of SyncBN, fp32, no pre-trained DeiT, 64x64 crops, lr 1e-3,
+# 300 iterations.
 _base_ = '../upernet_vit-adapter-ti-mpvg_4xb2-160k_ade20k-512x512.py'
 
 data_root = 'data/shapes_ade20k'
+# The generator's classes (label k + 1 in the PNGs, 0 ignored), coloured as
+# drawn, so heads, mIoU and drawings cover these four and no ADE20K class.
+metainfo = dict(
+    classes=('background', 'square', 'triangle', 'disc'),
+    palette=[(40, 40, 40), (60, 60, 220), (60, 200, 60), (230, 90, 60)])
+num_classes = len(metainfo['classes'])
 crop_size = (64, 64)
 norm_cfg = dict(type='BN', requires_grad=True)
 model = dict(
     data_preprocessor=dict(size=crop_size),
     backbone=dict(norm_cfg=norm_cfg, init_cfg=None),
-    decode_head=dict(norm_cfg=norm_cfg),
-    auxiliary_head=dict(norm_cfg=norm_cfg),
+    decode_head=dict(norm_cfg=norm_cfg, num_classes=num_classes),
+    auxiliary_head=dict(norm_cfg=norm_cfg, num_classes=num_classes),
     test_cfg=dict(crop_size=crop_size, stride=(32, 32)))
 
 train_pipeline = [
@@ -31,10 +39,14 @@ test_pipeline = [
 ]
 train_dataloader = dict(
     batch_size=4, num_workers=0, persistent_workers=False,
-    dataset=dict(data_root=data_root, pipeline=train_pipeline))
+    dataset=dict(type='BaseSegDataset', data_root=data_root,
+                 metainfo=metainfo, img_suffix='.jpg', seg_map_suffix='.png',
+                 reduce_zero_label=True, pipeline=train_pipeline))
 val_dataloader = dict(
     num_workers=0, persistent_workers=False,
-    dataset=dict(data_root=data_root, pipeline=test_pipeline))
+    dataset=dict(type='BaseSegDataset', data_root=data_root,
+                 metainfo=metainfo, img_suffix='.jpg', seg_map_suffix='.png',
+                 reduce_zero_label=True, pipeline=test_pipeline))
 test_dataloader = val_dataloader
 
 # fp32: the recipe's fp16 AmpOptimWrapper needs CUDA.

@@ -1,0 +1,63 @@
+"""tools/draw_predictions.py on the shapes demo configs: the libraries'
+visualizers draw ground truth | prediction of each test image at its own
+size, tiled into one PNG."""
+import importlib.util
+import os.path as osp
+
+import mmcv
+import numpy as np
+import pytest
+
+from mmmpvg.datasets.shapes import make_ade20k_shapes, make_coco_shapes
+
+pytestmark = pytest.mark.usefixtures('one_thread')
+
+REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+SHAPES = osp.join(REPO, 'configs', 'vit_adapter', 'shapes')
+
+
+@pytest.fixture(scope='module')
+def draw_tool():
+    path = osp.join(REPO, 'tools', 'draw_predictions.py')
+    spec = importlib.util.spec_from_file_location('draw_predictions', path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def check_figure(figure, out, first_image, height, width):
+    # 3 images in rows of 2: the fourth cell is black padding.
+    assert figure.shape == (2 * height, 2 * 2 * width, 3)
+    assert not figure[height:, 2 * width:].any()
+    assert (mmcv.imread(out, channel_order='rgb') == figure).all()
+    # The ground truth is drawn over the image (left half of a panel), the
+    # prediction beside it on the same image.
+    gt_half = figure[:height, :width].astype(int)
+    assert np.abs(gt_half - first_image).mean() > 1
+
+
+def test_draw_mask_rcnn_predictions(tmp_path, draw_tool):
+    root = str(tmp_path / 'coco')
+    make_coco_shapes(root, splits=(('val', 3), ), size=(64, 64))
+    out = str(tmp_path / 'det.png')
+    figure = draw_tool.main([
+        osp.join(SHAPES, 'mask-rcnn_vit-adapter-ti-mpvg_fpn_shapes.py'),
+        'none', '--out', out, '--num-images', '4', '--score-thr', '0.0',
+        '--cfg-options', f'test_dataloader.dataset.data_root={root}/'])
+    first = mmcv.imread(osp.join(root, 'val', '000001.jpg'),
+                        channel_order='rgb')
+    check_figure(figure, out, first, 64, 64)
+
+
+def test_draw_upernet_predictions(tmp_path, draw_tool):
+    root = str(tmp_path / 'ade')
+    make_ade20k_shapes(root, splits=(('validation', 3), ))
+    out = str(tmp_path / 'seg.png')
+    figure = draw_tool.main([
+        osp.join(SHAPES, 'upernet_vit-adapter-ti-mpvg_shapes-64x64.py'),
+        'none', '--out', out,
+        '--cfg-options', f'test_dataloader.dataset.data_root={root}'])
+    first = mmcv.imread(
+        osp.join(root, 'images', 'validation', 'ADE_validation_00000000.jpg'),
+        channel_order='rgb')
+    check_figure(figure, out, first, 96, 128)
