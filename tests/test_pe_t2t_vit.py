@@ -18,6 +18,7 @@ from mmengine.registry import PARAM_SCHEDULERS
 from mmpretrain.registry import MODELS
 
 import mmmpvg.models  # noqa: F401  (registers the backbones)
+from mmmpvg.engine import mmengine_checkpoint_globals
 from mmmpvg.models.converters import (convert_t2t_state_dict,
                                       t2t_checkpoint_weights)
 from mmmpvg.models.position_embedding import sinusoid_table
@@ -584,7 +585,8 @@ def test_transfer_config_trains_from_the_imagenet_checkpoint(
         test_evaluator=dict(type='Accuracy', topk=(1, )))
     Runner.from_cfg(enable_amp(imagenet_cfg)).train()
     checkpoint = tmp_path / 'imagenet' / 'epoch_1.pth'
-    saved = torch.load(checkpoint, map_location='cpu', weights_only=False)
+    with mmengine_checkpoint_globals():
+        saved = torch.load(checkpoint, map_location='cpu')
     ema, raw = saved['state_dict'], saved['ema_state_dict']
     assert ema['head.layers.head.weight'].shape == (1000, 32)
 
