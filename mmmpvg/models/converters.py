@@ -70,12 +70,16 @@ _FROM_MMPRETRAIN = [
 TRAINING_CHECKPOINT_GLOBALS = [argparse.Namespace]
 
 
-def _load_safely(path: str) -> dict:
+def load_checkpoint_safely(path: str) -> dict:
+    """``torch.load`` with ``weights_only=True`` of a checkpoint to convert:
+    tensors, MMEngine's own types and the ``argparse.Namespace`` that
+    official DeiT/LaPE/T2T training checkpoints save. Anything else is one
+    ``ValueError`` naming the file."""
     from mmmpvg.engine.checkpoint_loading import mmengine_checkpoint_globals
     if not zipfile.is_zipfile(path):
         raise ValueError(f'{path} is not a PyTorch checkpoint (torch.save '
-                         'writes a zip archive); expected timm, official '
-                         'DeiT/LaPE or mmpretrain weights.')
+                         'writes a zip archive); expected the weights of a '
+                         'model to convert.')
     try:
         with mmengine_checkpoint_globals(), \
                 torch.serialization.safe_globals(TRAINING_CHECKPOINT_GLOBALS):
@@ -83,14 +87,33 @@ def _load_safely(path: str) -> dict:
                                     weights_only=True)
     except pickle.UnpicklingError as error:
         raise ValueError(
-            f'{path} holds pickled objects that neither timm, official '
-            'DeiT/LaPE nor mmpretrain checkpoints contain '
+            f'{path} holds pickled objects that neither timm, the official '
+            'codes nor mmpretrain checkpoints contain '
             f'({str(error).splitlines()[0]}); refusing to unpickle them.'
         ) from error
     if not isinstance(checkpoint, dict):
         raise ValueError(f'{path} holds a {type(checkpoint).__name__}, not '
                          'a state dict or checkpoint dict.')
     return checkpoint
+
+
+def unwrapped_weights(path: str) -> dict:
+    """The weights of a checkpoint read safely, out of a ``model``,
+    ``state_dict`` or ``model_ema`` wrapper if there is one."""
+    checkpoint = load_checkpoint_safely(path)
+    for wrapper in ('model', 'state_dict', 'model_ema'):
+        if isinstance(checkpoint.get(wrapper), dict):
+            return checkpoint[wrapper]
+    return checkpoint
+
+
+def save_converted(dst: str, state_dict: dict, notes: List[str], **meta):
+    """Report the conversion notes and write ``dst`` as an mmengine
+    checkpoint (loads with ``load_from=`` or a ``Pretrained`` init)."""
+    for note in notes:
+        print(f'note: {note}')
+    torch.save(dict(state_dict=state_dict, meta=meta), dst)
+    print(f'wrote {len(state_dict)} tensors to {dst}')
 
 
 def read_vit_checkpoint(path: str,
@@ -105,7 +128,7 @@ def read_vit_checkpoint(path: str,
     Returns:
         The timm-named state dict and a description of the source.
     """
-    checkpoint = _load_safely(path)
+    checkpoint = load_checkpoint_safely(path)
     if 'state_dict' in checkpoint or 'ema_state_dict' in checkpoint:
         kind = 'mmpretrain'
         key = 'ema_state_dict' if use_ema else 'state_dict'

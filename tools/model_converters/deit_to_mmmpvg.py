@@ -12,10 +12,8 @@ The output loads with ``load_from=`` (classification) or as a backbone
 """
 import argparse
 
-import torch
-
 from mmmpvg.models.converters import (convert_deit_state_dict,
-                                      read_vit_checkpoint)
+                                      read_vit_checkpoint, save_converted)
 
 
 def parse_args():
@@ -48,14 +46,9 @@ def main():
         raise SystemExit(f'error: {error}') from None
     print(f'read {args.src}: {kind} layout'
           + (', EMA weights' if args.ema else ''))
-    for note in notes:
-        print(f'note: {note}')
-    torch.save(
-        dict(state_dict=state_dict,
-             meta=dict(converted_from=args.src, source_layout=kind,
-                       ema=args.ema, pe_method=args.pe_method,
-                       global_pool=args.global_pool)), args.dst)
-    print(f'wrote {len(state_dict)} tensors to {args.dst}')
+    save_converted(args.dst, state_dict, notes, converted_from=args.src,
+                   source_layout=kind, ema=args.ema, pe_method=args.pe_method,
+                   global_pool=args.global_pool)
 
 
 if __name__ == '__main__':

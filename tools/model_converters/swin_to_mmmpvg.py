@@ -12,9 +12,8 @@ prefix='backbone.')``.
 """
 import argparse
 
-import torch
-
-from mmmpvg.models.converters import convert_swin_state_dict
+from mmmpvg.models.converters import (convert_swin_state_dict,
+                                      save_converted, unwrapped_weights)
 
 
 def parse_args():
@@ -32,20 +31,14 @@ def parse_args():
 
 def main():
     args = parse_args()
-    checkpoint = torch.load(args.src, map_location='cpu', weights_only=True)
-    for wrapper in ('model', 'state_dict', 'model_ema'):
-        if wrapper in checkpoint and isinstance(checkpoint[wrapper], dict):
-            checkpoint = checkpoint[wrapper]
-            break
+    try:
+        checkpoint = unwrapped_weights(args.src)
+    except ValueError as error:
+        raise SystemExit(f'error: {error}') from None
     state_dict, notes = convert_swin_state_dict(
         checkpoint, dict(method=args.pe_method), head_key=args.head_key)
-    for note in notes:
-        print(f'note: {note}')
-    torch.save(
-        dict(state_dict=state_dict,
-             meta=dict(converted_from=args.src, pe_method=args.pe_method)),
-        args.dst)
-    print(f'wrote {len(state_dict)} tensors to {args.dst}')
+    save_converted(args.dst, state_dict, notes, converted_from=args.src,
+                   pe_method=args.pe_method)
 
 
 if __name__ == '__main__':

@@ -12,9 +12,8 @@ prefix='backbone.')`` (what the CIFAR-100 transfer configs do).
 """
 import argparse
 
-import torch
-
 from mmmpvg.models.converters import (convert_t2t_state_dict,
+                                      load_checkpoint_safely, save_converted,
                                       t2t_checkpoint_weights)
 
 
@@ -36,19 +35,17 @@ def parse_args():
 
 def main():
     args = parse_args()
-    checkpoint = torch.load(args.src, map_location='cpu', weights_only=True)
+    try:
+        checkpoint = load_checkpoint_safely(args.src)
+    except ValueError as error:
+        raise SystemExit(f'error: {error}') from None
     weights = t2t_checkpoint_weights(checkpoint, use_ema=not args.no_ema)
     with_cls_token = args.pe_method in ('default', 'lape')
     state_dict, notes = convert_t2t_state_dict(
         weights, dict(method=args.pe_method), with_cls_token,
         head_key=args.head_key)
-    for note in notes:
-        print(f'note: {note}')
-    torch.save(
-        dict(state_dict=state_dict,
-             meta=dict(converted_from=args.src, pe_method=args.pe_method,
-                       ema=not args.no_ema)), args.dst)
-    print(f'wrote {len(state_dict)} tensors to {args.dst}')
+    save_converted(args.dst, state_dict, notes, converted_from=args.src,
+                   pe_method=args.pe_method, ema=not args.no_ema)
 
 
 if __name__ == '__main__':
