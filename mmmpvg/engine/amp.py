@@ -1,8 +1,9 @@
 """Mixed precision with ``--amp`` on CUDA and on CPU.
 
-mmengine's AmpOptimWrapper refuses to start without an accelerator, while
-CPU autocast itself works in bfloat16. bfloat16 has float32's exponent range,
-so gradients need no loss scaling there.
+Training: mmengine's AmpOptimWrapper refuses to start without an
+accelerator, while CPU autocast itself works in bfloat16. bfloat16 has
+float32's exponent range, so gradients need no loss scaling there.
+Testing: MMEngine's TestLoop runs under autocast with ``fp16=True``.
 """
 from contextlib import contextmanager
 
@@ -11,7 +12,7 @@ from mmengine.optim import OptimWrapper
 from mmengine.registry import OPTIM_WRAPPERS
 from mmengine.runner.amp import autocast
 
-__all__ = ['CPUAmpOptimWrapper', 'enable_amp']
+__all__ = ['CPUAmpOptimWrapper', 'enable_amp', 'enable_test_amp']
 
 _AMP_COMPATIBLE_WRAPPERS = ('OptimWrapper', 'AmpOptimWrapper',
                             'CPUAmpOptimWrapper')
@@ -65,4 +66,24 @@ def enable_amp(cfg):
         wrapper.type = 'CPUAmpOptimWrapper'
         wrapper.pop('loss_scale', None)
         wrapper.dtype = 'bfloat16'
+    return cfg
+
+
+def enable_test_amp(cfg):
+    """Run ``cfg``'s test loop under autocast (``tools/test.py --amp``).
+
+    MMEngine's TestLoop with ``fp16=True`` enters its ``autocast`` on the
+    current device: float16 on CUDA (torch's default GPU autocast type),
+    bfloat16 on CPU (the only CPU one). Linear layers, convolutions and
+    attention compute in that type, and the activations after them stay in
+    it (on CPU LayerNorm and softmax too); weights stay float32.
+    """
+    loop = dict(cfg.get('test_cfg') or {})
+    kind = loop.get('type', 'TestLoop')
+    if kind != 'TestLoop':
+        raise ValueError(
+            f'--amp needs test_cfg.type to be TestLoop (its fp16 switch), '
+            f'but the config has {kind!r}')
+    loop['fp16'] = True
+    cfg.test_cfg = loop
     return cfg
