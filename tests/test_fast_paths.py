@@ -14,6 +14,7 @@ from torch._dynamo.backends.registry import lookup_backend, register_backend
 from torch._dynamo.testing import CompileCounterWithBackend
 
 import mmmpvg.models  # noqa: F401  (registers our backbones)
+from mmmpvg.engine import amp, enable_amp, enable_test_amp
 
 pytestmark = pytest.mark.usefixtures('one_thread', 'restore_determinism')
 
@@ -211,6 +212,24 @@ def test_amp_test_refuses_a_loop_without_an_fp16_switch(test_tool,
         'test_cfg.type=CustomTestLoop'])
     with pytest.raises(ValueError, match="TestLoop.*'CustomTestLoop'"):
         test_tool.merge_args(Config.fromfile(args.config), args)
+
+
+@pytest.mark.parametrize('native', [True, False])
+def test_amp_warns_where_cpu_bfloat16_is_emulated(native, monkeypatch,
+                                                  demo_config):
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
+    monkeypatch.setattr(torch.cpu, '_is_avx512_bf16_supported',
+                        lambda: native)
+    monkeypatch.setattr(torch.cpu, '_is_amx_tile_supported', lambda: False)
+    logged = []
+    monkeypatch.setattr(amp, 'print_log',
+                        lambda message, **kwargs: logged.append(message))
+
+    for enable in (enable_amp, enable_test_amp):
+        enable(Config.fromfile(demo_config))
+
+    assert len(logged) == (0 if native else 2)
+    assert all('no bfloat16 instructions' in m for m in logged)
 
 
 def sdpa_calls(graph_module):

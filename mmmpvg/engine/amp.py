@@ -5,9 +5,11 @@ accelerator, while CPU autocast itself works in bfloat16. bfloat16 has
 float32's exponent range, so gradients need no loss scaling there.
 Testing: MMEngine's TestLoop runs under autocast with ``fp16=True``.
 """
+import logging
 from contextlib import contextmanager
 
 import torch
+from mmengine.logging import print_log
 from mmengine.optim import OptimWrapper
 from mmengine.registry import OPTIM_WRAPPERS
 from mmengine.runner.amp import autocast
@@ -16,6 +18,19 @@ __all__ = ['CPUAmpOptimWrapper', 'enable_amp', 'enable_test_amp']
 
 _AMP_COMPATIBLE_WRAPPERS = ('OptimWrapper', 'AmpOptimWrapper',
                             'CPUAmpOptimWrapper')
+
+
+def warn_if_bfloat16_is_emulated():
+    """bf16 autocast pays off on CPUs with bf16 instructions (AVX512-BF16,
+    AMX); elsewhere oneDNN emulates them: a DeiT-Ti forward ran 8x slower
+    than in float32 on an AVX2-only machine (README, "Fast paths")."""
+    if torch.cuda.is_available() or torch.cpu._is_avx512_bf16_supported() \
+            or torch.cpu._is_amx_tile_supported():
+        return
+    print_log(
+        '--amp: this CPU has no bfloat16 instructions (AVX512-BF16 or AMX); '
+        'bf16 autocast is emulated here and slower than float32.',
+        logger='current', level=logging.WARNING)
 
 
 @OPTIM_WRAPPERS.register_module()
@@ -66,6 +81,7 @@ def enable_amp(cfg):
         wrapper.type = 'CPUAmpOptimWrapper'
         wrapper.pop('loss_scale', None)
         wrapper.dtype = 'bfloat16'
+        warn_if_bfloat16_is_emulated()
     return cfg
 
 
@@ -86,4 +102,5 @@ def enable_test_amp(cfg):
             f'but the config has {kind!r}')
     loop['fp16'] = True
     cfg.test_cfg = loop
+    warn_if_bfloat16_is_emulated()
     return cfg
