@@ -13,6 +13,8 @@ from mmpretrain.registry import MODELS
 from torch._dynamo.backends.registry import lookup_backend, register_backend
 from torch._dynamo.testing import CompileCounterWithBackend
 
+from downstream import DET_CONFIG
+
 import mmmpvg.models  # noqa: F401  (registers our backbones)
 from mmmpvg.engine import amp, enable_amp, enable_test_amp
 
@@ -230,6 +232,17 @@ def test_amp_warns_where_cpu_bfloat16_is_emulated(native, monkeypatch,
 
     assert len(logged) == (0 if native else 2)
     assert all('no bfloat16 instructions' in m for m in logged)
+
+
+@pytest.mark.parametrize('tool', ['train', 'test'])
+def test_amp_refuses_detectors_on_cpu(tool, request, monkeypatch):
+    """mmcv's CPU nms fails on bf16 boxes inside the RPN; say so up front."""
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
+    tool_module = request.getfixturevalue(f'{tool}_tool')
+    argv = [DET_CONFIG, *(['ckpt.pth'] if tool == 'test' else []), '--amp']
+    args = tool_module.parse_args(argv)
+    with pytest.raises(ValueError, match="CPU nms has no bfloat16 kernel"):
+        tool_module.merge_args(Config.fromfile(DET_CONFIG), args)
 
 
 def sdpa_calls(graph_module):

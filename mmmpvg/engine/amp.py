@@ -20,12 +20,24 @@ _AMP_COMPATIBLE_WRAPPERS = ('OptimWrapper', 'AmpOptimWrapper',
                             'CPUAmpOptimWrapper')
 
 
-def warn_if_bfloat16_is_emulated():
-    """bf16 autocast pays off on CPUs with bf16 instructions (AVX512-BF16,
-    AMX); elsewhere oneDNN emulates them: a DeiT-Ti forward ran 8x slower
-    than in float32 on an AVX2-only machine (README, "Fast paths")."""
-    if torch.cuda.is_available() or torch.cpu._is_avx512_bf16_supported() \
-            or torch.cpu._is_amx_tile_supported():
+def check_cpu_autocast(cfg):
+    """Refuse what cannot run under CPU bfloat16 autocast; warn where it
+    runs but slowly.
+
+    mmcv's CPU nms has no bfloat16 kernel, and every mmdet detector here
+    runs nms (the RPN's proposals, in training too). bf16 autocast pays off
+    on CPUs with bf16 instructions (AVX512-BF16, AMX); elsewhere oneDNN
+    emulates them: a DeiT-Ti forward ran 8x slower than in float32 on an
+    AVX2-only machine (README, "Fast paths").
+    """
+    if cfg.get('default_scope') == 'mmdet':
+        raise ValueError(
+            "--amp on CPU: mmcv's CPU nms has no bfloat16 kernel (\"expected "
+            'scalar type Float but found BFloat16\"), so mmdet detectors '
+            'cannot run under CPU autocast. Run without --amp, or on CUDA '
+            '(float16).')
+    if torch.cpu._is_avx512_bf16_supported() or \
+            torch.cpu._is_amx_tile_supported():
         return
     print_log(
         '--amp: this CPU has no bfloat16 instructions (AVX512-BF16 or AMX); '
@@ -81,7 +93,7 @@ def enable_amp(cfg):
         wrapper.type = 'CPUAmpOptimWrapper'
         wrapper.pop('loss_scale', None)
         wrapper.dtype = 'bfloat16'
-        warn_if_bfloat16_is_emulated()
+        check_cpu_autocast(cfg)
     return cfg
 
 
@@ -100,7 +112,8 @@ def enable_test_amp(cfg):
         raise ValueError(
             f'--amp needs test_cfg.type to be TestLoop (its fp16 switch), '
             f'but the config has {kind!r}')
+    if not torch.cuda.is_available():
+        check_cpu_autocast(cfg)
     loop['fp16'] = True
     cfg.test_cfg = loop
-    warn_if_bfloat16_is_emulated()
     return cfg
