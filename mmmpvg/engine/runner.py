@@ -102,8 +102,9 @@ class CheckedRunner(Runner):
     and ``compile`` applied to every step.
 
     MMEngine compiles only ``train_step``: it left ``val_step`` and
-    ``test_step`` out for a PyTorch 2.0 mkldnn bug (pytorch#96406) that the
-    torch this project needs no longer has, so they are compiled here too.
+    ``test_step`` out for a PyTorch 2.0 mkldnn bug (pytorch#96406). With the
+    torch this project needs, compiled (inductor) validation and test steps
+    give the eager results, so they are compiled here too.
     """
 
     def __init__(self, *args, **kwargs):
