@@ -1,7 +1,7 @@
 """Test a checkpoint of any mmmpvg config with MMEngine's Runner.
 
     python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out FILE.pkl]
-        [--out-item {pred,metrics}] [--cfg-options KEY=VALUE ...]
+        [--out-item {pred,metrics}] [--amp] [--cfg-options KEY=VALUE ...]
         [--launcher L]
 
 In a distributed run (tools/dist_test.sh) every rank evaluates a share of
@@ -14,6 +14,7 @@ import os
 import mmengine
 from mmengine.config import Config, DictAction
 from mmengine.evaluator import DumpResults
+from mmmpvg.engine import enable_test_amp
 from mmmpvg.engine.runner import apply_common_args
 from mmmpvg.engine.runner import build_runner as build_config_runner
 
@@ -33,6 +34,10 @@ def parse_args(argv=None):
         choices=['pred', 'metrics'],
         default='pred',
         help='what --out holds')
+    parser.add_argument(
+        '--amp',
+        action='store_true',
+        help='inference under autocast: fp16 on CUDA, bf16 on CPU')
     parser.add_argument(
         '--cfg-options',
         nargs='+',
@@ -57,6 +62,8 @@ def parse_args(argv=None):
 def merge_args(cfg, args):
     """Apply the command line to the config (CLI beats config)."""
     apply_common_args(cfg, args)
+    if args.amp:
+        enable_test_amp(cfg)
     cfg.load_from = args.checkpoint
     return cfg
 

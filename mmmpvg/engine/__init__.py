@@ -4,7 +4,7 @@ CPU mixed precision and CPU distributed runs for MMEngine's Runner.
 Importing this package (``import mmmpvg`` does) guards MMEngine's checkpoint
 loaders with the allow-list of types its checkpoints hold.
 """
-from .amp import CPUAmpOptimWrapper, enable_amp
+from .amp import CPUAmpOptimWrapper, enable_amp, enable_test_amp
 from .checkpoint_compat import (CheckpointCompatibilityHook,
                                 CheckpointMismatchError)
 from .checkpoint_hook import AtomicCheckpointHook, replace_atomically
@@ -21,7 +21,8 @@ __all__ = [
     'AtomicCheckpointHook', 'CheckpointCompatibilityHook',
     'CheckpointMismatchError', 'CPUAmpOptimWrapper',
     'MMENGINE_CHECKPOINT_GLOBALS', 'UnsafeCheckpointError',
-    'cpu_distributed_env', 'enable_amp', 'init_cpu_process_group',
+    'cpu_distributed_env', 'enable_amp', 'enable_test_amp',
+    'init_cpu_process_group',
     'install_checkpoint_allowlist', 'mmengine_checkpoint_globals',
     'replace_atomically', 'setup_cpu_distributed', 'use_cpu_ddp'
 ]

@@ -3,6 +3,7 @@ import glob
 import os.path as osp
 import re
 
+from mmengine.optim import OptimWrapperDict
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 from mmengine.runner.checkpoint import find_latest_checkpoint
@@ -97,8 +98,52 @@ def _data_roots(cfg, path):
 @RUNNERS.register_module()
 class CheckedRunner(Runner):
     """MMEngine's Runner, with one clear error for a data set that is
-    missing or empty instead of a traceback from deep inside its loading.
+    missing or empty instead of a traceback from deep inside its loading,
+    and ``compile`` applied to every step.
+
+    MMEngine compiles only ``train_step``: it left ``val_step`` and
+    ``test_step`` out for a PyTorch 2.0 mkldnn bug (pytorch#96406). With the
+    torch this project needs, compiled (inductor) validation and test steps
+    give the eager results, so they are compiled here too.
     """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._compiled_steps = set()
+
+    def train(self):
+        self._maybe_compile('val_step')
+        return super().train()
+
+    def val(self):
+        self._maybe_compile('val_step')
+        return super().val()
+
+    def test(self):
+        self._maybe_compile('test_step')
+        return super().test()
+
+    def _maybe_compile(self, target: str) -> None:
+        # Once per step, however often train/val/test run.
+        if target not in self._compiled_steps:
+            self._compiled_steps.add(target)
+            super()._maybe_compile(target)
+
+    def build_optim_wrapper(self, optim_wrapper):
+        """As MMEngine's, with plain dicts as param groups.
+
+        The optimizer constructors that apply a ``paramwise_cfg`` hand the
+        optimizer ConfigDicts, which ``torch.compile`` cannot trace through
+        ``optimizer.step()`` (a compiled ``train_step`` contains it). A
+        resumed run has plain dicts already: ``load_state_dict`` makes them.
+        """
+        optim_wrapper = super().build_optim_wrapper(optim_wrapper)
+        wrappers = (optim_wrapper.values() if isinstance(
+            optim_wrapper, OptimWrapperDict) else [optim_wrapper])
+        for wrapper in wrappers:
+            groups = wrapper.optimizer.param_groups
+            groups[:] = [dict(group) for group in groups]
+        return optim_wrapper
 
     @staticmethod
     def build_dataloader(dataloader, seed=None, diff_rank_seed=False):
