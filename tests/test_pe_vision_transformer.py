@@ -268,3 +268,21 @@ def test_layer_depths_for_layer_decay():
     assert depth('backbone.pe.layer_norms.2.weight', 'backbone.') == (3, 6)
     assert depth('backbone.last_norm.weight', 'backbone.') == (5, 6)
     assert depth('head.fc.weight', 'backbone.') == (5, 6)
+
+
+@pytest.mark.parametrize('backbone', [
+    'PEVisionTransformer', 'PEViTLite', 'PESwinTransformer', 'PET2TViT',
+    'PECeiT', 'ViTAdapter'])
+def test_train_and_eval_return_the_backbone(backbone):
+    """nn.Module's contract, which mmpretrain's BaseBackbone breaks:
+    ``torch.compile(model.eval())`` and ``m = model.eval()`` need it."""
+    from mmdet.registry import MODELS as DET_MODELS
+
+    import mmmpvg.adapter  # noqa: F401
+    registry = DET_MODELS if backbone == 'ViTAdapter' else MODELS
+    cfg = dict(type=backbone)
+    if backbone == 'ViTAdapter':
+        cfg['norm_cfg'] = dict(type='BN')
+    model = registry.build(cfg)
+    assert model.eval() is model and not model.training
+    assert model.train() is model and model.training

@@ -194,6 +194,13 @@ class PEVisionTransformer(BaseBackbone):
                 trunc_normal_(self.cls_token, std=0.02)
         super().init_weights()
 
+    def train(self, mode: bool = True):
+        # mmpretrain's BaseBackbone.train() returns None; nn.Module's
+        # contract (``m = model.eval()``, ``torch.compile(model.eval())``)
+        # expects the module itself.
+        super().train(mode)
+        return self
+
     def embed(self, x: torch.Tensor):
         """Patch tokens (with class token) and the patch grid size."""
         h, w = x.shape[-2:]

@@ -90,12 +90,6 @@ class PEViTLite(PEVisionTransformer):
         for layer in self.layers:
             layer.__class__ = CCTLayer
 
-    def train(self, mode: bool = True):
-        # mmpretrain's BaseBackbone.train() returns None; nn.Module's
-        # contract (and ``model.eval()`` chains) expect the module itself.
-        super().train(mode)
-        return self
-
     def init_weights(self):
         # Own init first: a Pretrained init_cfg loads afterwards and keeps
         # its weights. PEVisionTransformer's DeiT init (PE std 0.02) is
