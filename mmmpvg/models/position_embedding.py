@@ -346,7 +346,12 @@ class LayerwisePositionEmbedding(BaseModule):
         grid_size = tuple(grid_size)
         if self._fold_state is not None:
             return self._folded_plan(grid_size, pos_embed, downsamples)
-        if self.training or torch.is_grad_enabled():
+        if self.training or torch.is_grad_enabled() or \
+                torch.compiler.is_compiling():
+            # Under torch.compile the chain is part of the graph, which
+            # reads the weights as inputs: the cache key (data pointers,
+            # versions) cannot be traced, and guarding on it would recompile
+            # after every optimizer step.
             return self._plan(grid_size, pos_embed, downsamples)
         # Eval without autograd: reuse the chain until a weight changes.
         # Any in-place update (optimizer step, load_state_dict) bumps a
