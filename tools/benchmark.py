@@ -259,6 +259,7 @@ def measure(args, log=print):
             entry = dict(
                 row=name, mode=mode, precision=precision, compiled=compiled,
                 seconds=spread(times[name]),
+                seconds_per_round=times[name],
                 images_per_s=spread(
                     [args.batch_size / s for s in times[name]]),
                 flops_per_image=per_image,
