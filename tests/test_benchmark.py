@@ -130,3 +130,19 @@ def test_analytic_flops_match_fvcore_matmul_count(benchmark):
                                            'matmul', 'bmm'))
     assert 2 * macs == benchmark.model_flops('timm', args) == vit_flops(
         17, 192, 12, 768, 16, 768, 1000)
+
+
+def test_adapter_benchmark_end_to_end(tmp_path):
+    tool = load_tool('benchmark_adapter')
+    path = tmp_path / 'adapter.json'
+    tool.main(['--img-size', '64', '--batch-size', '1', '--rounds', '1',
+               '--modes', 'train', '--no-memory', '--device', 'cpu',
+               '--json', str(path)])
+    result = json.loads(path.read_text())
+    assert [r['method'] for r in result['rows']] == list(tool.METHODS)
+    for r in result['rows']:
+        assert r['images_per_s']['min'] > 0
+    assert result['rows'][0]['ratio_to_default'] == dict(
+        median=1.0, min=1.0, max=1.0)
+    assert [r['backend'] for r in result['msda']] == ['pytorch']
+    assert result['msda_compiled_op'].startswith('absent on cpu')
