@@ -1,1 +1,1 @@
-PYTHONPATH=$PWD OMP_NUM_THREADS=2 MKL_NUM_THREADS=2 python tools/benchmark.py --arch deit-tiny --batch-size 32 --img-size 224 --rounds 5 --warmup 1 --compile --json docs/benchmarks/deit-tiny_cpu_b32.json
+PYTHONPATH=$PWD OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 python tools/benchmark.py --arch deit-tiny --batch-size 32 --img-size 224 --rounds 5 --warmup 1 --precisions fp32 --compile --json docs/benchmarks/deit-tiny_cpu_b32_fp32.json
