@@ -1,1 +1,2 @@
 PYTHONPATH=$PWD OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 python tools/benchmark.py --arch deit-tiny --batch-size 32 --img-size 224 --rounds 5 --warmup 1 --precisions fp32 --compile --json docs/benchmarks/deit-tiny_cpu_b32_fp32.json
+PYTHONPATH=$PWD OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 python tools/benchmark.py --arch deit-tiny --batch-size 32 --img-size 224 --rounds 3 --warmup 1 --precisions bf16 --modes inference --rows timm default-cls default-gap mpvg --no-memory --json docs/benchmarks/deit-tiny_cpu_b32_bf16_inference.json
