@@ -20,6 +20,7 @@ import sys
 
 import torch
 import torch.nn.functional as F
+from mmengine.logging import MMLogger
 
 from mmmpvg.utils.benchmarking import (PRECISIONS, autocast, format_table,
                                        interleaved_rounds, paired_speed_ratio,
@@ -200,20 +201,17 @@ def measure(args, log=print):
     torch.manual_seed(0)
     rows = {name: Row(name, args) for name in args.rows}
     compile_options = (False, True) if args.compile else (False, )
-    groups, keys = {}, []
+    groups, keys, gemm_info = {}, [], {}
     for precision in args.precisions:
-        groups[('gemm', precision)] = {'gemm': None}
+        gemm, flops, shape = gemm_step(args, precision)
+        groups[('gemm', precision)] = {'gemm': gemm}
+        gemm_info[precision] = dict(flops=flops, shape_mkn=shape)
         for mode in args.modes:
             for compiled in compile_options:
                 key = variant_key(mode, precision, compiled)
                 keys.append((key, mode, precision, compiled))
                 groups[key] = {name: row.step(mode, precision, compiled)
                                for name, row in rows.items()}
-    gemm_info = {}
-    for precision in args.precisions:
-        fn, flops, shape = gemm_step(args, precision)
-        groups[('gemm', precision)]['gemm'] = fn
-        gemm_info[precision] = dict(flops=flops, shape_mkn=shape)
 
     samples = interleaved_rounds(groups, args.rounds, args.warmup,
                                  args.device, log)
@@ -371,6 +369,8 @@ def report(result):
 
 def main(argv=None):
     args = parse_args(argv)
+    # init_weights' per-parameter report would bury the tables
+    MMLogger.get_current_instance().setLevel('WARNING')
     # every row x mode x precision is its own graph
     torch._dynamo.config.recompile_limit = 64
     result = measure(args, log=lambda m: print(m, file=sys.stderr))
