@@ -45,7 +45,7 @@ def main():
         for pool in ('cls', 'avg')
     }
     for backbone in backbones.values():
-        backbone.eval()  # mmpretrain's BaseBackbone.train returns None
+        backbone.eval()
     images = torch.randn(b, 3, 224, 224, generator=g)
 
     def no_grad(fn):
