@@ -1,52 +1,154 @@
-"""Side-by-side speed and memory measurement for the tools/benchmark*.py."""
-import multiprocessing as mp
-import resource
+"""Fair side-by-side timing for tools/benchmark*.py.
+
+Everything runs in one process: each model is built once, warmed up, then
+timed in interleaved rounds (round r calls every row of a group once, in an
+order rotated by r), so slow drifts of a shared machine hit every row alike.
+Ratios are paired: row vs base within the same round, then median and range.
+"""
+import contextlib
+import statistics
 import time
+from typing import Callable, Dict, Hashable, List, Optional, Sequence, Tuple
 
 import torch
 
-
-def current_rss_bytes():
-    with open('/proc/self/statm') as f:
-        return int(f.read().split()[1]) * resource.getpagesize()
+PRECISIONS = {'fp32': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}
 
 
-def timed(step, warmup, iters, device):
-    """(calls/s, peak bytes) of ``step()`` after ``warmup`` calls.
+def autocast(device: torch.device, precision: str):
+    """``torch.autocast`` for ``'bf16'``/``'fp16'``, nothing for fp32."""
+    if precision not in PRECISIONS:
+        raise ValueError(f'Unknown precision {precision!r}; choose one of '
+                         f'{sorted(PRECISIONS)}.')
+    dtype = PRECISIONS[precision]
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
 
-    Peak memory is CUDA's allocator peak on a GPU, and on CPU the growth of
-    the process's peak RSS over its size before the first call: run each
-    measurement in its own process (:func:`in_fresh_process`).
-    """
-    baseline = current_rss_bytes()
-    for _ in range(warmup):
-        step()
+
+def synchronize(device: torch.device):
     if device.type == 'cuda':
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
+        torch.cuda.synchronize(device)
+
+
+def time_call(fn: Callable[[], object], device: torch.device) -> float:
+    """Seconds one ``fn()`` takes (CUDA events on a GPU)."""
+    if device.type == 'cuda':
+        start, end = (torch.cuda.Event(enable_timing=True) for _ in range(2))
+        synchronize(device)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1000
     start = time.perf_counter()
-    for _ in range(iters):
-        step()
+    fn()
+    return time.perf_counter() - start
+
+
+def interleaved_rounds(groups: Dict[Hashable, Dict[str, Callable]],
+                       rounds: int, warmup: int, device: torch.device,
+                       log: Optional[Callable[[str], None]] = None
+                       ) -> Dict[Hashable, Dict[str, List[float]]]:
+    """Seconds per call of every row of every group, one sample per round.
+
+    ``warmup`` calls of each row come first (they trigger
+    ``torch.compile``); then every round times each row once, groups in
+    order and rows within a group rotated by the round index.
+    """
+    for key, rows in groups.items():
+        for name, fn in rows.items():
+            start = time.perf_counter()
+            for _ in range(warmup):
+                fn()
+            synchronize(device)
+            if log:
+                log(f'warm-up {key} {name}: '
+                    f'{time.perf_counter() - start:.1f} s')
+    samples = {key: {name: [] for name in rows}
+               for key, rows in groups.items()}
+    for r in range(rounds):
+        for key, rows in groups.items():
+            names = list(rows)
+            shift = r % len(names)
+            for name in names[shift:] + names[:shift]:
+                samples[key][name].append(time_call(rows[name], device))
+        if log:
+            log(f'round {r + 1}/{rounds} done')
+    return samples
+
+
+def spread(values: Sequence[float]) -> Dict[str, float]:
+    return dict(median=statistics.median(values), min=min(values),
+                max=max(values))
+
+
+def paired_speed_ratio(seconds: Sequence[float],
+                       base_seconds: Sequence[float]) -> Dict[str, float]:
+    """Speed of a row relative to a base timed in the same rounds
+    (base time / row time per round), median and range over rounds."""
+    return spread([b / s for s, b in zip(seconds, base_seconds)])
+
+
+class _LiveTensorBytes:
+    """Peak bytes of live tensor storage on the CPU during a call.
+
+    torch's own :class:`MemTracker` (a TorchDispatchMode) sees every
+    tensor an op creates and holds a weak reference to its storage, so it
+    knows the live bytes at each op; tensors that exist before the call
+    (weights, optimizer state, inputs) are registered as external.
+    """
+    method = ('live tensor bytes traced by torch.distributed._tools.'
+              'mem_tracker.MemTracker (a TorchDispatchMode), eager mode')
+
+    @staticmethod
+    def measure(fn, device, external):
+        from torch.distributed._tools.mem_tracker import MemTracker
+        tracker = MemTracker()
+        tracker.track_external(*external)
+        with tracker:
+            fn()
+        peak = tracker.get_tracker_snapshot('peak')
+        return peak.get(device, {}).get('Total', 0)
+
+
+def peak_memory(fn: Callable[[], object], device: torch.device,
+                external: Sequence = ()) -> Tuple[int, str]:
+    """(peak bytes of live tensors during ``fn()``, how it was measured).
+
+    The peak counts everything alive at that moment (weights, optimizer
+    state, inputs, activations), as ``torch.cuda.max_memory_allocated``
+    does. ``external`` lists the modules, optimizers and tensors created
+    before the call (needed on the CPU only).
+    """
     if device.type == 'cuda':
-        torch.cuda.synchronize()
-        peak = torch.cuda.max_memory_allocated()
-    else:  # ru_maxrss is in KiB on Linux
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 \
-            - baseline
-    return iters / (time.perf_counter() - start), peak
+        synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        fn()
+        synchronize(device)
+        return (torch.cuda.max_memory_allocated(device),
+                'torch.cuda.max_memory_allocated (caching allocator)')
+    if device.type != 'cpu':
+        raise ValueError(f'No peak-memory method for device {device}.')
+    return (_LiveTensorBytes.measure(fn, device, external),
+            _LiveTensorBytes.method)
 
 
-def in_fresh_process(fn, *args):
-    """``fn(*args)`` in a new (spawned) process, so its memory is its own."""
-    with mp.get_context('spawn').Pool(1, maxtasksperchild=1) as pool:
-        return pool.apply(fn, args)
+def vit_flops(tokens: int, dims: int, layers: int, hidden: int,
+              patches: int, patch_pixels: int, classes: int) -> int:
+    """Forward FLOPs per image of a ViT (2 per multiply-add; matmuls and
+    the patch projection only, as fvcore and the papers count)."""
+    per_layer = (
+        tokens * dims * 3 * dims  # qkv
+        + 2 * tokens * tokens * dims  # q @ k^T and attn @ v
+        + tokens * dims * dims  # output projection
+        + 2 * tokens * dims * hidden)  # MLP
+    return 2 * (patches * patch_pixels * dims + layers * per_layer +
+                dims * classes)
 
 
-def print_ratio_table(rows, base):
-    """Print {name: (images/s, peak bytes)} with ratios to ``rows[base]``."""
-    base_speed, base_mem = rows[base]
-    print(f"  {'':<10} {'images/s':>9} {'x ' + base:>10} {'peak MiB':>9} "
-          f"{'x ' + base:>10}")
-    for name, (speed, mem) in rows.items():
-        print(f'  {name:<10} {speed:9.2f} {speed / base_speed:10.3f} '
-              f'{mem / 2**20:9.1f} {mem / max(base_mem, 1):10.3f}')
+def format_table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
+    lines = ['  '.join(str(c).rjust(w) for c, w in zip(r, widths))
+             for r in [header, *rows]]
+    return '\n'.join(lines)

@@ -211,7 +211,10 @@ class PEVisionTransformer(BaseBackbone):
         x, grid_size = self.patch_embed(x)
         if self.cls_token is not None:
             x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], 1)
-        return x, grid_size
+        # PatchEmbed returns a transposed view (token stride 1); without the
+        # class token's cat nothing copies it, every residual add keeps that
+        # layout and each LayerNorm gathers it again (GAP ran slower).
+        return x.contiguous(), grid_size
 
     def forward(self, x: torch.Tensor):
         batch_size = x.shape[0]

@@ -1,0 +1,148 @@
+"""tools/benchmark.py end to end at tiny sizes, and the measurements it
+relies on (peak memory, FLOP count). Nothing here asserts a time."""
+import importlib.util
+import json
+import pathlib
+import statistics
+
+import pytest
+import torch
+
+from mmmpvg.utils.benchmarking import peak_memory, vit_flops
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+MiB = 2**20
+
+
+def load_tool(name):
+    spec = importlib.util.spec_from_file_location(
+        f'tools_{name}', REPO / 'tools' / f'{name}.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope='module')
+def benchmark():
+    return load_tool('benchmark')
+
+
+@pytest.fixture(scope='module')
+def tiny_run(benchmark, tmp_path_factory):
+    path = tmp_path_factory.mktemp('bench') / 'out.json'
+    benchmark.main(['--batch-size', '2', '--img-size', '32', '--rounds', '2',
+                    '--warmup', '1', '--device', 'cpu', '--json',
+                    str(path)])
+    return json.loads(path.read_text())
+
+
+def test_every_row_mode_and_precision_measured(benchmark, tiny_run):
+    measured = {(r['row'], r['mode'], r['precision'], r['compiled'])
+                for r in tiny_run['rows']}
+    expected = {(row, mode, precision, False) for row in benchmark.ROWS
+                for mode in benchmark.MODES for precision in ('fp32', 'bf16')}
+    assert measured == expected
+    assert len(tiny_run['rows']) == len(expected)
+    for r in tiny_run['rows']:
+        assert len(r['seconds_per_round']) == 2
+        assert r['images_per_s']['min'] > 0
+        assert r['gemm_fraction'] > 0
+        assert r['peak_memory_bytes'] > 0
+    for precision in ('fp32', 'bf16'):
+        assert tiny_run['gemm'][precision]['flops_per_s'] > 0
+
+
+def test_ratios_are_paired_per_round(tiny_run):
+    rows = {(r['row'], r['mode'], r['precision']): r
+            for r in tiny_run['rows']}
+    for (name, mode, precision), r in rows.items():
+        for base in ('default-cls', 'default-gap', 'timm', 'mmpretrain'):
+            base_seconds = rows[base, mode, precision]['seconds_per_round']
+            expected = [b / s for s, b in zip(r['seconds_per_round'],
+                                              base_seconds)]
+            ratio = r[f'ratio_to_{base}']
+            assert ratio['median'] == pytest.approx(
+                statistics.median(expected))
+            assert ratio['min'] == pytest.approx(min(expected))
+            if name == base:
+                assert ratio == dict(median=1.0, min=1.0, max=1.0)
+
+
+def test_targets_reported_with_verdicts(tiny_run):
+    targets = tiny_run['targets']
+    names = ' '.join(t['target'] for t in targets)
+    for part in ('mpvg / default-gap speed', 'default-cls / timm speed',
+                 'default-cls / mmpretrain speed', 'best mpvg CPU inference',
+                 'mpvg / default-gap peak train memory'):
+        assert part in names
+    for t in targets:
+        op, bound = t['bound'].split()
+        assert t['passed'] == (t['value'] >= float(bound) if op == '>='
+                               else t['value'] <= float(bound))
+
+
+def test_cpu_peak_memory_resolves_an_8_mib_tensor():
+    held = torch.zeros(MiB // 4)  # 1 MiB alive before the call
+
+    def work(extra):
+        a = torch.ones(256, 1024)  # 1 MiB
+        b = a * 2  # 1 MiB
+        if extra:
+            c = torch.empty(2 * MiB).fill_(1)  # 8 MiB while a, b live
+            del c
+        return b
+
+    base, method = peak_memory(lambda: work(False), torch.device('cpu'),
+                               (held, ))
+    more, _ = peak_memory(lambda: work(True), torch.device('cpu'), (held, ))
+    assert 'MemTracker' in method
+    assert abs(base - 3 * MiB) < 0.1 * MiB
+    assert abs(more - base - 8 * MiB) < MiB
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
+def test_cuda_peak_memory_resolves_an_8_mib_tensor():
+    device = torch.device('cuda')
+
+    def work(extra):
+        a = torch.ones(256, 1024, device=device)
+        if extra:
+            torch.empty(2 * MiB, device=device).fill_(1)
+        return a * 2
+
+    base, _ = peak_memory(lambda: work(False), device)
+    more, _ = peak_memory(lambda: work(True), device)
+    assert abs(more - base - 8 * MiB) < MiB
+
+
+def test_analytic_flops_match_fvcore_matmul_count(benchmark):
+    """vit_flops counts 2 FLOPs per multiply-add of every matmul and the
+    patch projection; fvcore counts 1 per multiply-add, op by op."""
+    fvcore = pytest.importorskip('fvcore.nn')
+    args = benchmark.parse_args(['--img-size', '64', '--device', 'cpu'])
+    model = benchmark.build_model('timm', args).eval()
+    for block in model.blocks:  # explicit q @ k, attn @ v matmuls
+        block.attn.fused_attn = False
+    counter = fvcore.FlopCountAnalysis(model, torch.zeros(1, 3, 64, 64))
+    counter.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+    by_op = counter.by_operator()
+    macs = sum(by_op.get(op, 0) for op in ('conv', 'linear', 'addmm',
+                                           'matmul', 'bmm'))
+    assert 2 * macs == benchmark.model_flops('timm', args) == vit_flops(
+        17, 192, 12, 768, 16, 768, 1000)
+
+
+def test_adapter_benchmark_end_to_end(tmp_path):
+    tool = load_tool('benchmark_adapter')
+    path = tmp_path / 'adapter.json'
+    tool.main(['--img-size', '64', '--batch-size', '1', '--rounds', '1',
+               '--modes', 'train', '--no-memory', '--device', 'cpu',
+               '--json', str(path)])
+    result = json.loads(path.read_text())
+    assert [r['method'] for r in result['rows']] == list(tool.METHODS)
+    for r in result['rows']:
+        assert r['images_per_s']['min'] > 0
+    assert result['rows'][0]['ratio_to_default'] == dict(
+        median=1.0, min=1.0, max=1.0)
+    assert [r['backend'] for r in result['msda']] == ['pytorch']
+    assert result['msda_compiled_op'].startswith('absent on cpu')
