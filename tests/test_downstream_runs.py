@@ -68,3 +68,22 @@ def test_upernet_vit_adapter_trains_and_evaluates_on_ade20k_format(
     assert lrs['backbone.layers.0.attn.qkv.weight'] < \
         lrs['backbone.layers.11.attn.qkv.weight'] < \
         lrs['decode_head.conv_seg.weight']
+
+
+def test_resnet18_control_changes_only_the_backbone_of_the_shapes_demo():
+    """The README compares the Mask R-CNN shapes demo with this control:
+    everything but the backbone (and the FPN's input widths) must match."""
+    import os.path as osp
+
+    from mmengine.config import Config
+    shapes = osp.join(osp.dirname(DET_CONFIG), 'shapes')
+    demo = Config.fromfile(
+        osp.join(shapes, 'mask-rcnn_vit-adapter-ti-mpvg_fpn_shapes.py'))
+    control = Config.fromfile(osp.join(shapes, 'mask-rcnn_r18_fpn_shapes.py'))
+    assert control.model.backbone.type == 'mmdet.ResNet'
+    assert control.model.backbone.depth == 18
+    assert control.model.neck.in_channels == [64, 128, 256, 512]
+    for cfg in (demo, control):
+        cfg.model.pop('backbone')
+        cfg.model.neck.pop('in_channels')
+    assert control.to_dict() == demo.to_dict()
