@@ -61,3 +61,29 @@ def test_draw_upernet_predictions(tmp_path, draw_tool):
         osp.join(root, 'images', 'validation', 'ADE_validation_00000000.jpg'),
         channel_order='rgb')
     check_figure(figure, out, first, 96, 128)
+
+
+def test_draw_loads_every_weight_of_any_detector(tmp_path, draw_tool):
+    """The ResNet-18 control has no PE backbone: drawing needs the whole
+    model's weights, and a checkpoint that lacks one is refused by name."""
+    import torch
+
+    from mmmpvg.analysis.loading import load_model
+    config = osp.join(SHAPES, 'mask-rcnn_r18_fpn_shapes.py')
+    root = str(tmp_path / 'coco')
+    make_coco_shapes(root, splits=(('val', 3), ), size=(64, 64))
+    model, _ = load_model(config, 'none')
+    state = model.state_dict()
+    full, partial = str(tmp_path / 'full.pth'), str(tmp_path / 'part.pth')
+    torch.save(dict(state_dict=state), full)
+    del state['roi_head.bbox_head.fc_cls.weight']
+    torch.save(dict(state_dict=state), partial)
+    options = ['--cfg-options', f'test_dataloader.dataset.data_root={root}/']
+    out = str(tmp_path / 'det.png')
+    figure = draw_tool.main([config, full, '--out', out, '--num-images', '4',
+                             '--score-thr', '0.0'] + options)
+    first = mmcv.imread(osp.join(root, 'val', '000001.jpg'),
+                        channel_order='rgb')
+    check_figure(figure, out, first, 64, 64)
+    with pytest.raises(ValueError, match='fc_cls.weight'):
+        draw_tool.main([config, partial, '--out', out] + options)

@@ -98,7 +98,7 @@ def tile(panels, ncols):
 def main(argv=None):
     args = parse_args(argv)
     model, cfg = load_model(args.config, args.checkpoint, args.cfg_options,
-                            args.device)
+                            args.device, whole_model=True)
     if cfg.get('default_scope') not in ('mmdet', 'mmseg'):
         raise ValueError(f'{args.config} is neither an mmdet nor an mmseg '
                          f'config (default_scope '

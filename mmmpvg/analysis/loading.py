@@ -74,13 +74,16 @@ def load_model(config: str,
                checkpoint: Optional[str],
                cfg_options: Optional[dict] = None,
                device: str = 'cpu',
-               seed: int = 0) -> Tuple[nn.Module, Config]:
+               seed: int = 0,
+               whole_model: bool = False) -> Tuple[nn.Module, Config]:
     """Build the config's model in eval mode and load ``checkpoint``.
 
     ``checkpoint`` None or ``'none'``: the model's own ``init_weights``
     (which loads any Pretrained ``init_cfg``) under
     ``torch.manual_seed(seed)``. A checkpoint must hold every weight
     of the PE backbone; weights elsewhere (e.g. a head) may be missing.
+    With ``whole_model`` (tools that run the whole model, any backbone) it
+    must hold every weight of the model instead.
     """
     cfg = Config.fromfile(config)
     if cfg_options:
@@ -100,13 +103,13 @@ def load_model(config: str,
         finally:
             logger.setLevel(level)
     else:
-        _load_weights(model, checkpoint)
+        _load_weights(model, checkpoint, whole_model)
     model.to(device)
     model.eval()
     return model, cfg
 
 
-def _load_weights(model: nn.Module, checkpoint: str):
+def _load_weights(model: nn.Module, checkpoint: str, whole_model: bool):
     if not osp.isfile(checkpoint):
         raise FileNotFoundError(
             f'Checkpoint {checkpoint!r} not found (use {NO_CHECKPOINT!r} '
@@ -122,15 +125,18 @@ def _load_weights(model: nn.Module, checkpoint: str):
             f'{checkpoint} does not fit the model of the config: {error}. '
             'Check that the config has the PE method and arch it was '
             'trained with.') from error
-    backbone = find_pe_backbone(model)
-    prefix = next(name for name, module in model.named_modules()
-                  if module is backbone)
-    prefix = prefix + '.' if prefix else ''
+    if whole_model:
+        prefix, part = '', 'model'
+    else:
+        backbone = find_pe_backbone(model)
+        prefix = next(name for name, module in model.named_modules()
+                      if module is backbone)
+        prefix, part = (prefix + '.' if prefix else ''), 'backbone'
     wrong = [k for k in result.missing_keys + result.unexpected_keys
              if k.startswith(prefix)]
     if wrong:
         raise ValueError(
-            f'{checkpoint} does not fit the backbone of the config (missing '
+            f'{checkpoint} does not fit the {part} of the config (missing '
             f'or unexpected: {wrong[:6]}{" ..." if len(wrong) > 6 else ""}). '
             'Check that the config has the PE method and arch it was '
             'trained with.')
