@@ -103,6 +103,8 @@ def test_forward_shapes(method, size):
     model.out_type = 'featmap'
     (featmap, ) = model(torch.randn(2, 3, size, size))
     assert featmap.shape == (2, 32, size // 8, size // 8)
+    # mmcv's RoIAlign and other raw-pointer ops ignore strides.
+    assert featmap.is_contiguous()
 
 
 def capture_layer_inputs(model, images):

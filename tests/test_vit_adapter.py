@@ -495,6 +495,29 @@ def test_checkpointing_gives_the_same_result():
                                    rtol=1e-4)
 
 
+@pytest.mark.parametrize('source', ['last', 'per_interaction'])
+def test_roi_align_reads_the_levels_as_torchvision_does(source):
+    """mmcv's RoIAlign (CPU and CUDA) reads its input as contiguous NCHW
+    whatever its strides; ViT-Adapter makes its maps contiguous. Our levels
+    once came out channels-last and scrambled every RoI feature, so the
+    Mask R-CNN demo's RoI head never learned. torchvision's RoIAlign, which
+    follows strides, is the reference."""
+    from mmcv.ops import roi_align
+    from torchvision.ops import roi_align as tv_roi_align
+    model = build(interaction_indexes=FOUR_BLOCKS, vit_feature_source=source,
+                  window_attn=[True, False] * 2, window_size=[3, None] * 2)
+    model.init_weights()
+    rois = torch.tensor([[0., 3., 5., 40., 30.], [1., 20., 10., 90., 60.]])
+    with torch.no_grad():
+        outs = model(torch.randn(2, 3, 64, 96))
+    for level, out in enumerate(outs):
+        assert out.is_contiguous(), level
+        scale = 1 / (4 * 2**level)
+        torch.testing.assert_close(
+            roi_align(out, rois, (7, 7), scale, 2, 'avg', True),
+            tv_roi_align(out, rois, (7, 7), scale, 2, True))
+
+
 def test_bad_input_is_refused():
     model = build()
     with pytest.raises(ValueError, match='divisible by 32'):

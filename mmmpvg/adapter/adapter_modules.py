@@ -33,10 +33,16 @@ def reference_points(shapes: Sequence[Tuple[int, int]],
 
 
 def tokens_to_maps(tokens: torch.Tensor, shapes: Shapes) -> List[torch.Tensor]:
-    """Split (B, sum h*w, C) level tokens into (B, C, h, w) maps."""
+    """Split (B, sum h*w, C) level tokens into contiguous (B, C, h, w) maps.
+
+    Contiguous as ViT-Adapter makes them: a transposed view would carry its
+    channels-last strides through the up-sampling and the output norms into
+    the detector, and mmcv's RoIAlign reads its input as contiguous NCHW
+    whatever its strides, so every RoI feature would be scrambled.
+    """
     chunks = tokens.split([h * w for h, w in shapes], dim=1)
     return [
-        chunk.transpose(1, 2).reshape(tokens.shape[0], -1, h, w)
+        chunk.transpose(1, 2).reshape(tokens.shape[0], -1, h, w).contiguous()
         for chunk, (h, w) in zip(chunks, shapes)
     ]
 

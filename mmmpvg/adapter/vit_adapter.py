@@ -395,7 +395,6 @@ class ViTAdapter(PEVisionTransformer):
                 f'ViTAdapter needs input sizes divisible by 32 (1/32 is its '
                 f'coarsest level), got {h}x{w}: pad the batch (mmdet '
                 "pad_size_divisor=32, mmseg 'ResizeToMultiple').")
-        batch = img.shape[0]
         c1, c_maps = self.spm(img)
         c_shapes = [tuple(m.shape[-2:]) for m in c_maps]
         c = maps_to_tokens([
@@ -433,8 +432,7 @@ class ViTAdapter(PEVisionTransformer):
                 block_tokens = block_tokens[-1:] * len(LEVEL_SCALES)
             for level, (tokens, scale) in enumerate(
                     zip(block_tokens, LEVEL_SCALES)):
-                vit = tokens.transpose(1, 2).reshape(batch, self.embed_dims,
-                                                     *grid)
+                vit, = tokens_to_maps(tokens, [grid])
                 if scale != 1:
                     vit = F.interpolate(vit, scale_factor=scale,
                                         mode='bilinear', align_corners=False)

@@ -233,7 +233,7 @@ class PEVisionTransformer(BaseBackbone):
         if self.out_type == 'featmap':
             patches = x[:, self.num_extra_tokens:]
             return (patches.transpose(1, 2).reshape(
-                batch_size, self.embed_dims, *grid_size), )
+                batch_size, self.embed_dims, *grid_size).contiguous(), )
         if self.global_pool == 'cls':
             return (x[:, 0], )
         return (x.mean(dim=1), )
