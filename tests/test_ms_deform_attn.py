@@ -145,6 +145,37 @@ def test_compiled_op_matches_pure_path_on_cuda():
         torch.testing.assert_close(gc, gp, atol=1e-4, rtol=1e-4)
 
 
+def test_compiled_kernel_gets_contiguous_inputs(monkeypatch):
+    """mmcv's CUDA kernel asserts contiguous inputs and indexes raw memory:
+    what the module hands it, even from a transposed feature view, must be
+    contiguous. Checked on CPU by standing in for the kernel."""
+    import mmmpvg.adapter.ms_deform_attn as msda
+    seen = []
+
+    class RecordingKernel:
+        @staticmethod
+        def apply(value, shapes, level_start_index, locations, weights,
+                  im2col_step):
+            seen.append([t.is_contiguous() for t in
+                         (value, shapes, level_start_index, locations,
+                          weights)])
+            return msda.multi_scale_deformable_attn_pytorch(
+                value, [tuple(s) for s in shapes.tolist()], locations,
+                weights)
+
+    monkeypatch.setattr(msda, 'select_backend', lambda *args: 'compiled')
+    monkeypatch.setattr(msda, 'MultiScaleDeformableAttnFunction',
+                        RecordingKernel)
+    attn = MSDeformAttn(embed_dims=12, num_levels=len(SHAPES), num_heads=3,
+                        num_points=2)
+    attn.init_weights()
+    num_tokens = sum(h * w for h, w in SHAPES)
+    feat = torch.randn(2, 12, num_tokens).transpose(1, 2)
+    query = torch.randn(2, 12, 5).transpose(1, 2)
+    attn(query, torch.rand(1, 5, 2), feat, SHAPES)
+    assert seen == [[True] * 5]
+
+
 def test_module_with_zero_offsets_reads_the_reference_pixel():
     """Offsets 0: every point samples the query's own pixel centre, so the
     output is ``output_proj(value_proj(feat))`` at that pixel."""
