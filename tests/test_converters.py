@@ -1,5 +1,7 @@
 """timm DeiT weights through the converter give timm's logits."""
+import glob
 import os.path as osp
+import runpy
 import subprocess
 import sys
 
@@ -13,6 +15,8 @@ import mmmpvg.models  # noqa: F401
 from mmmpvg.models.converters import convert_deit_state_dict
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+CONVERTER_SCRIPTS = sorted(
+    glob.glob(osp.join(REPO, 'tools', 'model_converters', '*_to_mmmpvg.py')))
 
 
 def deit_tiny_classifier(global_pool, method='default',
@@ -125,3 +129,26 @@ def test_gap_checkpoint_cannot_feed_a_class_token_model():
                                class_token=False, global_pool='avg')
     with pytest.raises(ValueError, match='no class token'):
         convert_deit_state_dict(source.state_dict(), None, 'cls')
+
+
+@pytest.mark.parametrize('script', CONVERTER_SCRIPTS, ids=osp.basename)
+def test_converter_scripts_refuse_bad_input_in_one_line(script, tmp_path,
+                                                        monkeypatch, capsys):
+    """Every converter script: a file that is not a checkpoint is one
+    ``error:`` line and no output file; the PE methods are the registered
+    ones."""
+    assert len(CONVERTER_SCRIPTS) == 5
+    src, dst = tmp_path / 'weights.pth', tmp_path / 'converted.pth'
+    src.write_text('not a checkpoint')
+    monkeypatch.setattr(sys, 'argv', [script, str(src), str(dst)])
+    with pytest.raises(SystemExit,
+                       match='^error: .*weights.pth is not a PyTorch '
+                       'checkpoint'):
+        runpy.run_path(script, run_name='__main__')
+    assert not dst.exists()
+    monkeypatch.setattr(sys, 'argv',
+                        [script, str(src), str(dst), '--pe-method', 'gap'])
+    with pytest.raises(SystemExit):
+        runpy.run_path(script, run_name='__main__')
+    assert "choose from 'default', 'lape', 'mpvg', 'pvg'" in \
+        capsys.readouterr().err

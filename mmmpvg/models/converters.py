@@ -24,6 +24,7 @@ Compact-Transformers -> PEViTLite): only names change; a GAP target
 (PVG/MPVG) loses the class token and the class row of the PE.
 """
 import argparse
+import contextlib
 import math
 import pickle
 import re
@@ -34,7 +35,7 @@ import torch
 
 from .backbones.pe_ceit import PECeiT
 from .backbones.pe_swin_transformer import PESwinTransformer
-from .position_embedding import resolve_pe_cfg
+from .position_embedding import PE_METHODS, resolve_pe_cfg
 
 # timm / DeiT name -> PEVisionTransformer name (within the backbone)
 _RENAMES = [
@@ -114,6 +115,31 @@ def save_converted(dst: str, state_dict: dict, notes: List[str], **meta):
         print(f'note: {note}')
     torch.save(dict(state_dict=state_dict, meta=meta), dst)
     print(f'wrote {len(state_dict)} tensors to {dst}')
+
+
+def converter_arg_parser(
+        doc: str, src_help: str, head_key: str = 'head.fc',
+        head_key_help: str = 'mmpretrain name of the classifier Linear '
+        '(LinearClsHead: head.fc)') -> argparse.ArgumentParser:
+    """The arguments every ``tools/model_converters`` script takes: source,
+    destination, target PE method and head name; scripts add their own."""
+    parser = argparse.ArgumentParser(description=doc.split('\n')[0])
+    parser.add_argument('src', help=src_help)
+    parser.add_argument('dst', help='where to write the mmmpvg checkpoint')
+    parser.add_argument('--pe-method', default='default',
+                        choices=sorted(PE_METHODS))
+    parser.add_argument('--head-key', default=head_key, help=head_key_help)
+    return parser
+
+
+@contextlib.contextmanager
+def exit_on_bad_checkpoint():
+    """For converter scripts: a checkpoint that cannot be read or converted
+    ends the script with one ``error:`` line instead of a traceback."""
+    try:
+        yield
+    except (ValueError, KeyError) as error:
+        raise SystemExit(f'error: {error}') from None
 
 
 def read_vit_checkpoint(path: str,

@@ -8,35 +8,20 @@ The output loads with ``load_from=`` into an ImageClassifier with a PECeiT
 backbone and a LinearClsHead (``head.fc``). ``--pe-method pvg|mpvg`` drops
 the class token (those methods use global average pooling).
 """
-import argparse
-
-from mmmpvg.models.converters import (convert_ceit_state_dict,
-                                      save_converted, unwrapped_weights)
-
-
-def parse_args():
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('src', help='official CeiT checkpoint (.pth)')
-    parser.add_argument('dst', help='where to write the mmmpvg checkpoint')
-    parser.add_argument('--pe-method', default='default',
-                        choices=['default', 'lape', 'pvg', 'mpvg'])
-    parser.add_argument(
-        '--head-key', default='head.fc',
-        help='mmpretrain name of the classifier Linear (LinearClsHead: '
-        'head.fc)')
-    return parser.parse_args()
+from mmmpvg.models.converters import (converter_arg_parser,
+                                      convert_ceit_state_dict,
+                                      exit_on_bad_checkpoint, save_converted,
+                                      unwrapped_weights)
 
 
 def main():
-    args = parse_args()
-    try:
-        checkpoint = unwrapped_weights(args.src)
-    except ValueError as error:
-        raise SystemExit(f'error: {error}') from None
+    args = converter_arg_parser(
+        __doc__, 'official CeiT checkpoint (.pth)').parse_args()
     global_pool = 'avg' if args.pe_method in ('pvg', 'mpvg') else 'cls'
-    state_dict, notes = convert_ceit_state_dict(
-        checkpoint, dict(method=args.pe_method), global_pool=global_pool,
-        head_key=args.head_key)
+    with exit_on_bad_checkpoint():
+        state_dict, notes = convert_ceit_state_dict(
+            unwrapped_weights(args.src), dict(method=args.pe_method),
+            global_pool=global_pool, head_key=args.head_key)
     save_converted(args.dst, state_dict, notes, converted_from=args.src,
                    pe_method=args.pe_method)
 

@@ -10,40 +10,30 @@ Example:
 The output loads with ``load_from=`` (classification) or as a backbone
 ``init_cfg=dict(type='Pretrained', checkpoint=..., prefix='backbone.')``.
 """
-import argparse
-
-from mmmpvg.models.converters import (convert_deit_state_dict,
+from mmmpvg.models.converters import (converter_arg_parser,
+                                      convert_deit_state_dict,
+                                      exit_on_bad_checkpoint,
                                       read_vit_checkpoint, save_converted)
 
 
-def parse_args():
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument(
-        'src', help='timm, official DeiT/LaPE or mmpretrain checkpoint')
-    parser.add_argument('dst', help='where to write the mmmpvg checkpoint')
-    parser.add_argument('--pe-method', default='default',
-                        choices=['default', 'lape', 'pvg', 'mpvg'])
+def main():
+    parser = converter_arg_parser(
+        __doc__, 'timm, official DeiT/LaPE or mmpretrain checkpoint',
+        head_key='head.layers.head',
+        head_key_help='mmpretrain name of the classifier Linear: '
+        'head.layers.head (VisionTransformerClsHead) or head.fc '
+        '(LinearClsHead)')
     parser.add_argument('--global-pool', default='cls', choices=['cls', 'avg'])
     parser.add_argument(
         '--ema', action='store_true',
         help="convert the EMA weights (DeiT's model_ema, mmpretrain's "
         'ema_state_dict)')
-    parser.add_argument(
-        '--head-key', default='head.layers.head',
-        help='mmpretrain name of the classifier Linear: head.layers.head '
-        '(VisionTransformerClsHead) or head.fc (LinearClsHead)')
-    return parser.parse_args()
-
-
-def main():
-    args = parse_args()
-    try:
+    args = parser.parse_args()
+    with exit_on_bad_checkpoint():
         source, kind = read_vit_checkpoint(args.src, use_ema=args.ema)
         state_dict, notes = convert_deit_state_dict(
             source, dict(method=args.pe_method), args.global_pool,
             head_key=args.head_key)
-    except (ValueError, KeyError) as error:
-        raise SystemExit(f'error: {error}') from None
     print(f'read {args.src}: {kind} layout'
           + (', EMA weights' if args.ema else ''))
     save_converted(args.dst, state_dict, notes, converted_from=args.src,

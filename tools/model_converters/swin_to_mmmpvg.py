@@ -10,33 +10,19 @@ The output uses mmpretrain's Swin names (it also loads into mmpretrain's
 backbone ``init_cfg=dict(type='Pretrained', checkpoint=...,
 prefix='backbone.')``.
 """
-import argparse
-
-from mmmpvg.models.converters import (convert_swin_state_dict,
-                                      save_converted, unwrapped_weights)
-
-
-def parse_args():
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('src', help='timm / official Swin checkpoint (.pth)')
-    parser.add_argument('dst', help='where to write the mmmpvg checkpoint')
-    parser.add_argument('--pe-method', default='default',
-                        choices=['default', 'lape', 'pvg', 'mpvg'])
-    parser.add_argument(
-        '--head-key', default='head.fc',
-        help='mmpretrain name of the classifier Linear (LinearClsHead: '
-        'head.fc)')
-    return parser.parse_args()
+from mmmpvg.models.converters import (converter_arg_parser,
+                                      convert_swin_state_dict,
+                                      exit_on_bad_checkpoint, save_converted,
+                                      unwrapped_weights)
 
 
 def main():
-    args = parse_args()
-    try:
-        checkpoint = unwrapped_weights(args.src)
-    except ValueError as error:
-        raise SystemExit(f'error: {error}') from None
-    state_dict, notes = convert_swin_state_dict(
-        checkpoint, dict(method=args.pe_method), head_key=args.head_key)
+    args = converter_arg_parser(
+        __doc__, 'timm / official Swin checkpoint (.pth)').parse_args()
+    with exit_on_bad_checkpoint():
+        state_dict, notes = convert_swin_state_dict(
+            unwrapped_weights(args.src), dict(method=args.pe_method),
+            head_key=args.head_key)
     save_converted(args.dst, state_dict, notes, converted_from=args.src,
                    pe_method=args.pe_method)
 
