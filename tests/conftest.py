@@ -84,6 +84,18 @@ def test_tool():
     return _load_tool('test')
 
 
+@pytest.fixture(scope='session')
+def benchmark_tool():
+    """tools/benchmark.py as a module."""
+    return _load_tool('benchmark')
+
+
+@pytest.fixture(scope='session')
+def benchmark_adapter_tool():
+    """tools/benchmark_adapter.py as a module."""
+    return _load_tool('benchmark_adapter')
+
+
 @pytest.fixture(scope='module')
 def one_thread():
     """The micro models gain nothing from threads; on a busy machine extra

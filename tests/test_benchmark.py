@@ -1,8 +1,6 @@
 """tools/benchmark.py end to end at tiny sizes, and the measurements it
 relies on (peak memory, FLOP count). Nothing here asserts a time."""
-import importlib.util
 import json
-import pathlib
 import statistics
 
 import pytest
@@ -10,37 +8,24 @@ import torch
 
 from mmmpvg.utils.benchmarking import peak_memory, vit_flops
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 MiB = 2**20
 
 
-def load_tool(name):
-    spec = importlib.util.spec_from_file_location(
-        f'tools_{name}', REPO / 'tools' / f'{name}.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope='module')
-def benchmark():
-    return load_tool('benchmark')
-
-
-@pytest.fixture(scope='module')
-def tiny_run(benchmark, tmp_path_factory):
+def tiny_run(benchmark_tool, tmp_path_factory):
     path = tmp_path_factory.mktemp('bench') / 'out.json'
-    benchmark.main(['--batch-size', '2', '--img-size', '32', '--rounds', '2',
-                    '--warmup', '1', '--device', 'cpu', '--json',
-                    str(path)])
+    benchmark_tool.main(['--batch-size', '2', '--img-size', '32', '--rounds',
+                         '2', '--warmup', '1', '--device', 'cpu', '--json',
+                         str(path)])
     return json.loads(path.read_text())
 
 
-def test_every_row_mode_and_precision_measured(benchmark, tiny_run):
+def test_every_row_mode_and_precision_measured(benchmark_tool, tiny_run):
     measured = {(r['row'], r['mode'], r['precision'], r['compiled'])
                 for r in tiny_run['rows']}
-    expected = {(row, mode, precision, False) for row in benchmark.ROWS
-                for mode in benchmark.MODES for precision in ('fp32', 'bf16')}
+    expected = {(row, mode, precision, False)
+                for row in benchmark_tool.ROWS for mode in benchmark_tool.MODES
+                for precision in ('fp32', 'bf16')}
     assert measured == expected
     assert len(tiny_run['rows']) == len(expected)
     for r in tiny_run['rows']:
@@ -115,12 +100,12 @@ def test_cuda_peak_memory_resolves_an_8_mib_tensor():
     assert abs(more - base - 8 * MiB) < MiB
 
 
-def test_analytic_flops_match_fvcore_matmul_count(benchmark):
+def test_analytic_flops_match_fvcore_matmul_count(benchmark_tool):
     """vit_flops counts 2 FLOPs per multiply-add of every matmul and the
     patch projection; fvcore counts 1 per multiply-add, op by op."""
     fvcore = pytest.importorskip('fvcore.nn')
-    args = benchmark.parse_args(['--img-size', '64', '--device', 'cpu'])
-    model = benchmark.build_model('timm', args).eval()
+    args = benchmark_tool.parse_args(['--img-size', '64', '--device', 'cpu'])
+    model = benchmark_tool.build_model('timm', args).eval()
     for block in model.blocks:  # explicit q @ k, attn @ v matmuls
         block.attn.fused_attn = False
     counter = fvcore.FlopCountAnalysis(model, torch.zeros(1, 3, 64, 64))
@@ -128,12 +113,12 @@ def test_analytic_flops_match_fvcore_matmul_count(benchmark):
     by_op = counter.by_operator()
     macs = sum(by_op.get(op, 0) for op in ('conv', 'linear', 'addmm',
                                            'matmul', 'bmm'))
-    assert 2 * macs == benchmark.model_flops('timm', args) == vit_flops(
+    assert 2 * macs == benchmark_tool.model_flops('timm', args) == vit_flops(
         17, 192, 12, 768, 16, 768, 1000)
 
 
-def test_adapter_benchmark_end_to_end(tmp_path):
-    tool = load_tool('benchmark_adapter')
+def test_adapter_benchmark_end_to_end(tmp_path, benchmark_adapter_tool):
+    tool = benchmark_adapter_tool
     path = tmp_path / 'adapter.json'
     tool.main(['--img-size', '64', '--batch-size', '1', '--rounds', '1',
                '--modes', 'train', '--no-memory', '--device', 'cpu',

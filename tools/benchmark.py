@@ -22,9 +22,11 @@ import torch
 import torch.nn.functional as F
 from mmengine.logging import MMLogger
 
-from mmmpvg.utils.benchmarking import (PRECISIONS, autocast, format_table,
+from mmmpvg.utils.benchmarking import (PRECISIONS, autocast, format_spread,
+                                       format_table, format_targets,
                                        interleaved_rounds, paired_speed_ratio,
-                                       peak_memory, spread, vit_flops)
+                                       peak_memory, spread, target_check,
+                                       vit_flops)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARCHS = ('deit-tiny', 'deit-small', 'deit-base')
@@ -285,10 +287,7 @@ def targets(result, args):
     checks = []
 
     def check(name, value, bound, above=True):
-        checks.append(dict(target=name, value=value,
-                           bound=('>= ' if above else '<= ') + str(bound),
-                           passed=value >= bound if above
-                           else value <= bound))
+        checks.append(target_check(name, value, bound, above))
 
     for r in find(result, row='mpvg'):
         variant = variant_key(r['mode'], r['precision'], r['compiled'])
@@ -308,8 +307,9 @@ def targets(result, args):
     ours = find(result, row='mpvg', mode='inference')
     if args.device.type == 'cpu' and reference and ours:
         best = max(ours, key=lambda r: r['images_per_s']['median'])
-        check('best mpvg CPU inference / timm fp32 eager '
-              f"({variant_key('inference', best['precision'], best['compiled'])})",
+        variant = variant_key('inference', best['precision'],
+                              best['compiled'])
+        check(f'best mpvg CPU inference / timm fp32 eager ({variant})',
               best['images_per_s']['median'] /
               reference[0]['images_per_s']['median'], 2.0)
     for r in find(result, row='mpvg', mode='train', compiled=False):
@@ -340,10 +340,6 @@ def report(result):
     if 'memory_method' in result:
         print(f"peak memory: {result['memory_method']}")
 
-    def fmt(s, digits=2):
-        return (f"{s['median']:.{digits}f} "
-                f"[{s['min']:.{digits}f}-{s['max']:.{digits}f}]")
-
     variants = dict.fromkeys(
         (r['mode'], r['precision'], r['compiled']) for r in result['rows'])
     for mode, precision, compiled in variants:
@@ -353,18 +349,15 @@ def report(result):
                  if f'ratio_to_{b}' in rows[0]]
         header = ['row', 'img/s', *[f'x {b}' for b in bases],
                   'GEMM frac', 'peak MiB']
-        table = [[r['row'], fmt(r['images_per_s'], 1),
-                  *[fmt(r[f'ratio_to_{b}'], 3) for b in bases],
+        table = [[r['row'], format_spread(r['images_per_s'], 1),
+                  *[format_spread(r[f'ratio_to_{b}'], 3) for b in bases],
                   f"{r['gemm_fraction']:.2f}",
                   '-' if r['peak_memory_bytes'] is None else
                   f"{r['peak_memory_bytes'] / 2**20:.1f}"]
                  for r in rows]
         print(f'\n{variant_key(mode, precision, compiled)}:')
         print(format_table(header, table))
-    print('\ntargets (measured, not asserted):')
-    for c in result['targets']:
-        print(f"  {'PASS' if c['passed'] else 'FAIL'}  {c['target']}: "
-              f"{c['value']:.3f} (target {c['bound']})")
+    print('\n' + format_targets(result['targets']))
 
 
 def main(argv=None):

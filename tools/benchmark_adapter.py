@@ -18,9 +18,10 @@ import sys
 
 import torch
 
-from mmmpvg.utils.benchmarking import (PRECISIONS, autocast, format_table,
+from mmmpvg.utils.benchmarking import (PRECISIONS, autocast, format_spread,
+                                       format_table, format_targets,
                                        interleaved_rounds, paired_speed_ratio,
-                                       peak_memory, spread)
+                                       peak_memory, spread, target_check)
 
 METHODS = ('default', 'lape', 'pvg', 'mpvg')
 MODES = ('inference', 'train')
@@ -164,9 +165,8 @@ def measure(args, log=print):
             ratio_to_pytorch=paired_speed_ratio(
                 seconds, samples['msda']['pytorch'])))
     result['targets'] = [
-        dict(target=f"{r['method']} / default speed, {r['mode']}",
-             value=r['ratio_to_default']['median'], bound='>= 0.97',
-             passed=r['ratio_to_default']['median'] >= 0.97)
+        target_check(f"{r['method']} / default speed, {r['mode']}",
+                     r['ratio_to_default']['median'], 0.97)
         for r in result['rows'] if r['method'] != 'default']
     return result
 
@@ -182,32 +182,26 @@ def report(result):
     if 'memory_method' in result:
         print(f"peak memory: {result['memory_method']}")
 
-    def fmt(s, digits):
-        return (f"{s['median']:.{digits}f} "
-                f"[{s['min']:.{digits}f}-{s['max']:.{digits}f}]")
-
     for mode in cfg['modes']:
         rows = [r for r in result['rows'] if r['mode'] == mode]
         print(f'\n{mode}:')
         print(format_table(
             ['method', 'img/s', 'x default', 'peak MiB'],
-            [[r['method'], fmt(r['images_per_s'], 2),
-              fmt(r['ratio_to_default'], 3),
+            [[r['method'], format_spread(r['images_per_s'], 2),
+              format_spread(r['ratio_to_default'], 3),
               '-' if r['peak_memory_bytes'] is None else
               f"{r['peak_memory_bytes'] / 2**20:.0f}"] for r in rows]))
     print('\nmulti-scale deformable attention, forward + backward '
           '(injector problem):')
     print(format_table(
         ['backend', 'ms', 'x pytorch'],
-        [[r['backend'], fmt({k: v * 1e3 for k, v in r['seconds'].items()},
-                            1), fmt(r['ratio_to_pytorch'], 3)]
+        [[r['backend'],
+          format_spread({k: v * 1e3 for k, v in r['seconds'].items()}, 1),
+          format_spread(r['ratio_to_pytorch'], 3)]
          for r in result['msda']]))
     if result['msda_compiled_op'] != 'measured':
         print(f"  compiled: {result['msda_compiled_op']}")
-    print('\ntargets (measured, not asserted):')
-    for t in result['targets']:
-        print(f"  {'PASS' if t['passed'] else 'FAIL'}  {t['target']}: "
-              f"{t['value']:.3f} (target {t['bound']})")
+    print('\n' + format_targets(result['targets']))
 
 
 def main(argv=None):

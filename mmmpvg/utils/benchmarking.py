@@ -152,3 +152,24 @@ def format_table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
     lines = ['  '.join(str(c).rjust(w) for c, w in zip(r, widths))
              for r in [header, *rows]]
     return '\n'.join(lines)
+
+
+def format_spread(s: Dict[str, float], digits: int = 2) -> str:
+    """A :func:`spread` as ``median [min-max]``."""
+    return (f"{s['median']:.{digits}f} "
+            f"[{s['min']:.{digits}f}-{s['max']:.{digits}f}]")
+
+
+def target_check(name: str, value: float, bound: float,
+                 above: bool = True) -> dict:
+    """A target next to its measured value; reported, never asserted."""
+    return dict(target=name, value=value,
+                bound=('>= ' if above else '<= ') + str(bound),
+                passed=value >= bound if above else value <= bound)
+
+
+def format_targets(checks: Sequence[dict]) -> str:
+    lines = ['targets (measured, not asserted):']
+    lines += [f"  {'PASS' if c['passed'] else 'FAIL'}  {c['target']}: "
+              f"{c['value']:.3f} (target {c['bound']})" for c in checks]
+    return '\n'.join(lines)
