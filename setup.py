@@ -64,5 +64,6 @@ if __name__ == '__main__':
             'seg': ['mmsegmentation>=1.2.2', 'ftfy', 'regex'],
             # tools/deployment and tools/analysis/get_flops.py
             'deploy': ['onnx>=1.16', 'onnxruntime>=1.17', 'fvcore'],
+            'docs': ['sphinx>=7', 'myst-parser>=3', 'furo'],  # docs/en
         },
         zip_safe=False)

@@ -75,6 +75,7 @@ log "installing mmengine, mmdet, mmseg, mmpretrain and the tools"
 pip_install -r requirements/runtime.txt
 log "installing the deploy extra (onnx, onnxruntime, fvcore)"
 pip_install -r requirements/deploy.txt
+pip_install -r requirements/docs.txt  # the docs extra: Sphinx, myst-parser, furo
 # openmim without opendatalab/openxlab (they pin setuptools~=60.2).
 pip_install --no-deps openmim
 pip_install --no-build-isolation --no-deps -e .
