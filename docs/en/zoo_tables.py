@@ -135,8 +135,7 @@ def summary_table(zoo, start_dir):
         for method in METHODS:
             row = rows[method]
             family, _, cfg = configs[id(row)]
-            cells.append(f'{metric_text(row.metrics)} '
-                         f'({zoo.params(cfg) / 1e6:.3f} M)')
+            cells.append(f'{metric_text(row.metrics)} ({zoo.params(cfg):,})')
             if family not in folders:
                 folders.append(family)
         metric = ' / '.join(TABLES[table][1])
