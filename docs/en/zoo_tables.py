@@ -57,19 +57,24 @@ def family_configs(family):
 class Zoo:
     """Configs, their paper rows and their built #Params, loaded once."""
 
-    def __init__(self):
+    def __init__(self, only=None):
+        """``only``: the config folders to load (default: all)."""
         from mmengine.config import Config
 
-        from mmmpvg.paper_results import match_rows
+        from mmmpvg.paper_results import PAPER_ROWS, match_rows
         self._count = _load_collect_results().count_parameters
         self._cache = {}
-        self.entries = {}  # family -> [(relative path, cfg, rows)]
-        for family in families():
+        # family -> [(relative path, cfg, rows)] in the paper's row order,
+        # configs without a row last.
+        self.entries = {}
+        order = {id(row): i for i, row in enumerate(PAPER_ROWS)}
+        for family in only or families():
             entries = []
             for rel in family_configs(family):
                 cfg = Config.fromfile(osp.join(CONFIGS, family, rel))
                 entries.append((rel, cfg, match_rows(cfg)[0]))
-            self.entries[family] = entries
+            self.entries[family] = sorted(entries, key=lambda e: (min(
+                (order[id(r)] for r in e[2]), default=len(order)), e[0]))
 
     def params(self, cfg):
         return self._count(cfg, self._cache)
