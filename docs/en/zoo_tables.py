@@ -105,21 +105,29 @@ def recipe(rel, cfg):
 
 
 def family_table(zoo, family):
-    lines = ['| config | #Params (built) | paper row | paper #Params (M) '
-             '| paper metric | recipe |', '|---|---|---|---|---|---|']
-    for rel, cfg, rows in zoo.entries[family]:
-        if rows:
+    """One line per config; paper columns that no config of the folder
+    fills (the demo's, the adapter's #Params) are left out."""
+    header = ('config', '#Params (built)', 'paper row', 'paper #Params (M)',
+              'paper metric', 'recipe')
+    rows = []
+    for rel, cfg, paper in zoo.entries[family]:
+        where, paper_params, metric = 'none', '', ''
+        if paper:
             where = ', '.join(f'{r.source} {r.model} {r.method}'
-                              for r in rows)
-            paper_params = '' if rows[0].params_m is None \
-                else f'{rows[0].params_m:.3f}'
-            names = ' / '.join(rows[0].metrics)
-            metric = (f'{metric_text(rows[0].metrics)} ({names})'
-                      if rows[0].metrics else 'bar only, no number')
-        else:
-            where, paper_params, metric = 'none', '', ''
-        lines.append(f'| `{rel}` | {zoo.params(cfg):,} | {where} | '
-                     f'{paper_params} | {metric} | {recipe(rel, cfg)} |')
+                              for r in paper)
+            if paper[0].params_m is not None:
+                paper_params = f'{paper[0].params_m:.3f}'
+            names = ' / '.join(paper[0].metrics)
+            metric = (f'{metric_text(paper[0].metrics)} ({names})'
+                      if paper[0].metrics else 'bar only, no number')
+        rows.append((f'`{rel}`', f'{zoo.params(cfg):,}', where,
+                     paper_params, metric, recipe(rel, cfg)))
+    keep = [i for i, name in enumerate(header)
+            if not name.startswith('paper')
+            or any(row[i] not in ('', 'none') for row in rows)]
+    lines = ['| ' + ' | '.join(header[i] for i in keep) + ' |',
+             '|' + '---|' * len(keep)]
+    lines += ['| ' + ' | '.join(row[i] for i in keep) + ' |' for row in rows]
     return '\n'.join(lines) + '\n'
 
 
