@@ -142,12 +142,7 @@ def fixed_adaptive_pools(graph: nn.Module, img: torch.Tensor):
     hooks = [m.register_forward_pre_hook(
         lambda mod, args: sizes.__setitem__(mod, args[0].shape[-2:]))
         for m in pools]
-    try:
-        with torch.enable_grad():  # past the eval plan cache
-            graph(img)
-    finally:
-        for hook in hooks:
-            hook.remove()
+    run_hooked(graph, img, hooks)
     swaps = []
     for parent in list(graph.modules()):
         for name, child in parent.named_children():
@@ -258,13 +253,20 @@ def layernorm_calls(graph: nn.Module, img: torch.Tensor) -> Counter:
             hooks.append(m.register_forward_hook(leave_pe))
         elif isinstance(m, nn.LayerNorm):
             hooks.append(m.register_forward_hook(count))
+    run_hooked(graph, img, hooks, grad=True)  # past the eval plan cache
+    return counts
+
+
+def run_hooked(graph: nn.Module, img: torch.Tensor, hooks: list,
+               grad: bool = False):
+    """One forward of ``graph`` on ``img``; the ``hooks`` are removed after
+    it, whatever happens."""
     try:
-        with torch.enable_grad():  # past the eval plan cache
+        with torch.set_grad_enabled(grad):
             graph(img)
     finally:
         for hook in hooks:
             hook.remove()
-    return counts
 
 
 def _as_tuple(x):

@@ -44,21 +44,43 @@ from .pe import PE_METHODS, resolve_pe_cfg
 Tensors = Dict[str, torch.Tensor]
 
 
-# mmpretrain VisionTransformer / mmmpvg PEVisionTransformer classifier name
-# (today's and the names before the backbone contract) -> timm name
-_FROM_MMPRETRAIN = [
-    (r'^backbone\.patch_embed\.projection\.', 'patch_embed.proj.'),
-    (r'^backbone\.layers\.(\d+)\.ln1\.', r'blocks.\1.norm1.'),
-    (r'^backbone\.layers\.(\d+)\.ln2\.', r'blocks.\1.norm2.'),
-    (r'^backbone\.layers\.(\d+)\.attn\.', r'blocks.\1.attn.'),
-    (r'^backbone\.layers\.(\d+)\.ffn\.layers\.0\.0\.', r'blocks.\1.mlp.fc1.'),
-    (r'^backbone\.layers\.(\d+)\.ffn\.layers\.1\.', r'blocks.\1.mlp.fc2.'),
-    (r'^backbone\.pe\.layer_norms\.(\d+)\.', r'blocks.\1.pe_norm.'),
-    (r'^backbone\.(ln1|last_norm)\.', 'norm.'),
-    (r'^backbone\.(pe\.)?pos_embed$', 'pos_embed'),
-    (r'^backbone\.(cls_token|dist_token)$', r'\1'),
-    (r'^head\.(layers\.head|fc)\.', 'head.'),
+# timm / DeiT / LaPE name <-> PEVisionTransformer name; {i} is a layer.
+_DEIT_NAMES = [
+    ('patch_embed.proj.', 'patch_embed.projection.'),
+    ('blocks.{i}.norm1.', 'layers.{i}.ln1.'),
+    ('blocks.{i}.norm2.', 'layers.{i}.ln2.'),
+    ('blocks.{i}.attn.', 'layers.{i}.attn.'),
+    ('blocks.{i}.mlp.fc1.', 'layers.{i}.ffn.layers.0.0.'),
+    ('blocks.{i}.mlp.fc2.', 'layers.{i}.ffn.layers.1.'),
+    ('blocks.{i}.pe_norm.', 'pe.layer_norms.{i}.'),
+    ('norm.', 'ln1.'),
+    ('pos_embed', 'pos_embed'),
+    ('cls_token', 'cls_token'),
 ]
+# Names of mmmpvg checkpoints from before the backbone contract.
+_DEIT_EARLIER_NAMES = [('norm.', 'last_norm.'), ('pos_embed', 'pe.pos_embed')]
+
+
+def name_renames(pairs, source_prefix: str = '',
+                 target_prefix: str = '') -> List[Tuple[str, str]]:
+    """``(pattern, replacement)`` renames from ``(source, target)`` names:
+    ``{i}`` stands for a layer index, a name ending in '.' for a module
+    (every key under it), any other name for one key."""
+    renames = []
+    for source, target in pairs:
+        pattern = '^' + re.escape(source_prefix + source).replace(
+            re.escape('{i}'), r'(\d+)')
+        renames.append((pattern if source.endswith('.') else pattern + '$',
+                        (target_prefix + target).replace('{i}', r'\1')))
+    return renames
+
+
+# mmpretrain VisionTransformer / mmmpvg PEVisionTransformer classifier name
+# (today's and earlier) -> timm name
+_FROM_MMPRETRAIN = name_renames(
+    [(mm, timm) for timm, mm in _DEIT_NAMES + _DEIT_EARLIER_NAMES +
+     [('dist_token', 'dist_token')]], source_prefix='backbone.') + [
+         (r'^head\.(layers\.head|fc)\.', 'head.')]
 # What official DeiT / LaPE training checkpoints hold besides tensors.
 TRAINING_CHECKPOINT_GLOBALS = [argparse.Namespace]
 
@@ -363,19 +385,8 @@ def convert_with_table(state_dict: Tensors, table: ConversionTable,
 # timm / DeiT / LaPE name -> classifier with PEVisionTransformer
 DEIT_TABLE = ConversionTable(
     source='a timm/DeiT/LaPE vision transformer',
-    renames=[
-        (r'^patch_embed\.proj\.', 'backbone.patch_embed.projection.'),
-        (r'^blocks\.(\d+)\.norm1\.', r'backbone.layers.\1.ln1.'),
-        (r'^blocks\.(\d+)\.norm2\.', r'backbone.layers.\1.ln2.'),
-        (r'^blocks\.(\d+)\.attn\.', r'backbone.layers.\1.attn.'),
-        (r'^blocks\.(\d+)\.mlp\.fc1\.', r'backbone.layers.\1.ffn.layers.0.0.'),
-        (r'^blocks\.(\d+)\.mlp\.fc2\.', r'backbone.layers.\1.ffn.layers.1.'),
-        (r'^blocks\.(\d+)\.pe_norm\.', r'backbone.pe.layer_norms.\1.'),
-        (r'^norm\.', 'backbone.ln1.'),
-        (r'^pos_embed$', 'backbone.pos_embed'),
-        (r'^cls_token$', 'backbone.cls_token'),
-        (r'^head\.', '{head}.'),
-    ],
+    renames=name_renames(_DEIT_NAMES, target_prefix='backbone.') + [
+        (r'^head\.', '{head}.')],
     num_layers=count_layers(r'blocks\.(\d+)\.'),
     dropped=dict.fromkeys(
         ('dist_token', 'head_dist.weight', 'head_dist.bias'),

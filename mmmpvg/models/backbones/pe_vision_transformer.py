@@ -48,7 +48,8 @@ class PEVisionTransformer(PEBackboneMixin, VisionTransformer):
 
     Args:
         arch (str | dict): ``'deit-tiny'``, ``'deit-small'``, ``'deit-base'``
-            or a dict with ``embed_dims``, ``num_layers``, ``num_heads`` and
+            (or any other of mmpretrain's ViT ``arch_zoo``) or a dict with
+            ``embed_dims``, ``num_layers``, ``num_heads`` and
             ``feedforward_channels``.
         img_size (int | tuple): Training image size; the PE is stored at
             ``img_size // patch_size`` and resized for other inputs.
@@ -69,17 +70,6 @@ class PEVisionTransformer(PEBackboneMixin, VisionTransformer):
             PE (DeiT: 0.02). Short schedules need a PE on the scale of the
             patch tokens, or the PE added to the input learns too slowly.
     """
-    arch_zoo = {
-        **dict.fromkeys(['deit-t', 'deit-tiny'], dict(
-            embed_dims=192, num_layers=12, num_heads=3,
-            feedforward_channels=768)),
-        **dict.fromkeys(['deit-s', 'deit-small'], dict(
-            embed_dims=384, num_layers=12, num_heads=6,
-            feedforward_channels=1536)),
-        **dict.fromkeys(['deit-b', 'deit-base'], dict(
-            embed_dims=768, num_layers=12, num_heads=12,
-            feedforward_channels=3072)),
-    }
     OUTPUTS = ('pooled', 'featmap')
     # Before the contract the Last LN was ``last_norm``.
     legacy_keys = {'last_norm.': 'ln1.'}

@@ -53,18 +53,14 @@ class PEViTLite(PEVisionTransformer):
         **kwargs: Other :class:`PEVisionTransformer` arguments.
     """
     arch_zoo = {
-        **dict.fromkeys(['vit-lite-2', 'vit-2'], dict(
-            embed_dims=128, num_layers=2, num_heads=2,
-            feedforward_channels=128)),
-        **dict.fromkeys(['vit-lite-4', 'vit-4'], dict(
-            embed_dims=128, num_layers=4, num_heads=2,
-            feedforward_channels=128)),
-        **dict.fromkeys(['vit-lite-6', 'vit-6'], dict(
-            embed_dims=256, num_layers=6, num_heads=4,
-            feedforward_channels=512)),
-        **dict.fromkeys(['vit-lite-7', 'vit-7'], dict(
-            embed_dims=256, num_layers=7, num_heads=4,
-            feedforward_channels=512)),
+        name: dict(embed_dims=dims, num_layers=layers, num_heads=heads,
+                   feedforward_channels=hidden)
+        for (dims, layers, heads, hidden), names in {
+            (128, 2, 2, 128): ('vit-lite-2', 'vit-2'),
+            (128, 4, 2, 128): ('vit-lite-4', 'vit-4'),
+            (256, 6, 4, 512): ('vit-lite-6', 'vit-6'),
+            (256, 7, 4, 512): ('vit-lite-7', 'vit-7'),
+        }.items() for name in names
     }
     layer_class = CCTLayer
     cls_token_init_std = 0  # Compact-Transformers: zeros
