@@ -130,6 +130,35 @@ def test_resume_at_another_image_size_is_refused(
     assert open(checkpoint, 'rb').read() == before  # nothing lost
 
 
+def with_earlier_names(checkpoint, path):
+    """The checkpoint as mmmpvg saved it before the backbone contract."""
+    state = torch.load(checkpoint, weights_only=False)
+    state['state_dict'] = {
+        key.replace('backbone.pos_embed', 'backbone.pe.pos_embed').replace(
+            'backbone.ln1.', 'backbone.last_norm.'): value
+        for key, value in state['state_dict'].items()}
+    torch.save(state, path)
+    return path
+
+
+@pytest.mark.slow
+def test_checkpoint_with_earlier_names_loads_but_does_not_resume(
+        make_runner, train_tool, demo_config, tiny_digits_options,
+        three_epochs, tmp_path):
+    old = with_earlier_names(f'{three_epochs}/epoch_1.pth',
+                             tmp_path / 'old.pth')
+    runner = make_runner(train_tool, demo_config, tmp_path / 'resume',
+                         tiny_digits_options, '--resume', old)
+    with pytest.raises(CheckpointMismatchError,
+                       match='earlier parameter names.*load_from='):
+        runner.train()
+    runner = make_runner(train_tool, demo_config, tmp_path / 'load',
+                         (*tiny_digits_options, f'load_from={old}'))
+    runner.train()
+    log = open(f'{runner.log_dir}/{runner.timestamp}.log').read()
+    assert 'renamed 3 key(s) of a checkpoint saved with earlier' in log
+
+
 def copy_run(source, target):
     for name in ('epoch_1.pth', 'epoch_2.pth', 'epoch_3.pth'):
         (target / name).write_bytes((source / name).read_bytes())

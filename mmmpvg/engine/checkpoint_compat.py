@@ -117,11 +117,16 @@ class CheckpointCompatibilityHook(Hook):
         model = runner.model.module if is_model_wrapper(runner.model) \
             else runner.model
         state = checkpoint.get('state_dict', checkpoint)
+        resuming = bool(runner._resume)
         # In place: the checkpoint then loads under today's names.
-        upgrade_legacy_keys(model, state)
+        if upgrade_legacy_keys(model, state) and resuming:
+            raise CheckpointMismatchError(
+                f'Cannot resume from {runner._load_from or runner.work_dir}: '
+                'it was saved with earlier parameter names, and its '
+                'optimizer state follows their order. Start a new run from '
+                'its weights with load_from=<checkpoint> instead.')
         state = {re.sub(r'^module\.', '', k): v for k, v in state.items()
                  if isinstance(v, torch.Tensor)}
-        resuming = bool(runner._resume)
         problems = describe_mismatch(model.state_dict(), state, resuming,
                                      self.require_all, pe_key_facts(model))
         if problems:
