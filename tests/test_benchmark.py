@@ -85,6 +85,7 @@ def test_cpu_peak_memory_resolves_an_8_mib_tensor():
     assert abs(more - base - 8 * MiB) < MiB
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
 def test_cuda_peak_memory_resolves_an_8_mib_tensor():
     device = torch.device('cuda')

@@ -72,6 +72,9 @@ def parse_args(argv=None):
     parser.add_argument('--json', help='write every number to this file')
     args = parser.parse_args(argv)
     args.device = torch.device(args.device)
+    if args.device.type == 'cuda' and not torch.cuda.is_available():
+        parser.error(f'--device {args.device}: torch {torch.__version__} '
+                     'sees no CUDA device here.')
     if args.precisions is None:
         args.precisions = ['fp32', 'fp16', 'bf16'] \
             if args.device.type == 'cuda' else ['fp32', 'bf16']
