@@ -148,7 +148,10 @@ class Row:
                                       args.device)
         self.labels = torch.randint(0, NUM_CLASSES, (args.batch_size, ),
                                     generator=generator).to(args.device)
-        self.scaler = torch.amp.GradScaler(args.device.type)
+        # torch.amp.GradScaler is torch >= 2.3; fp16 runs on CUDA only.
+        self.scaler = torch.amp.GradScaler(args.device.type) if hasattr(
+            torch.amp, 'GradScaler') else torch.cuda.amp.GradScaler(
+                enabled=args.device.type == 'cuda')
 
     def logits(self, compiled):
         model = self.compiled if compiled else self.model
@@ -367,8 +370,11 @@ def main(argv=None):
     args = parse_args(argv)
     # init_weights' per-parameter report would bury the tables
     MMLogger.get_current_instance().setLevel('WARNING')
-    # every row x mode x precision is its own graph
-    torch._dynamo.config.recompile_limit = 64
+    # every row x mode x precision is its own graph (older torch names the
+    # limit cache_size_limit)
+    config = torch._dynamo.config
+    setattr(config, 'recompile_limit' if hasattr(config, 'recompile_limit')
+            else 'cache_size_limit', 64)
     result = measure(args, log=lambda m: print(m, file=sys.stderr))
     report(result)
     if args.json:

@@ -43,7 +43,7 @@ py_version=$("$python_path" -c 'import sys; print("%d.%d" % sys.version_info[:2]
 
 venv="${MMMPVG_COMPAT_VENVS:-$HOME/.cache/mmmpvg/venvs}/torch$torch_version-py$py_version"
 echo "[check_torch_compat] torch $torch_version, Python $py_version: $venv"
-VENV=$venv PYTHON=$python_path TORCH_VERSION=$torch_version FORCE_CUDA=0 \
+VENV=$venv PYTHON=$python_path TORCH_VERSION=$torch_version FORCE_CUDA=${FORCE_CUDA:-0} \
   bash "$ROOT/tools/setup_env.sh"
 
 cd "$ROOT"

@@ -28,7 +28,7 @@ from mmengine.runner.checkpoint import CheckpointLoader
 
 __all__ = [
     'MMENGINE_CHECKPOINT_GLOBALS', 'NUMPY_DTYPE_CODES', 'UnsafeCheckpointError',
-    'DamagedCheckpointError', 'checkpoint_damage',
+    'DamagedCheckpointError', 'WEIGHTS_ONLY_BY_DEFAULT', 'checkpoint_damage',
     'mmengine_checkpoint_globals', 'install_checkpoint_allowlist'
 ]
 
@@ -97,13 +97,22 @@ MMENGINE_CHECKPOINT_GLOBALS = [
 ]
 
 
+# Before torch 2.6, torch.load unpickles any object by default (MMEngine's
+# loaders do not ask for weights_only), so there is nothing to allow; the
+# allow-list API itself is torch >= 2.4, its (object, name) form >= 2.5.
+WEIGHTS_ONLY_BY_DEFAULT = torch.__version__ >= (2, 6)
+
+
 @contextlib.contextmanager
 def mmengine_checkpoint_globals():
     """Let ``torch.load(weights_only=True)`` read MMEngine checkpoints.
 
     The allow-list is active only inside the block; safe globals registered
-    by others before it stay registered after it.
+    by others before it stay registered after it. A no-op before torch 2.6.
     """
+    if not WEIGHTS_ONLY_BY_DEFAULT:
+        yield
+        return
     before = torch.serialization.get_safe_globals()
     torch.serialization.add_safe_globals(MMENGINE_CHECKPOINT_GLOBALS)
     try:
