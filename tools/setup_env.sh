@@ -155,10 +155,16 @@ mmcv_cache="$WHEEL_CACHE/mmcv-$MMCV_VERSION-torch$torch_tag-$build_kind"
 mmcv_wheel() { ls "$mmcv_cache"/mmcv-$MMCV_VERSION-$py_tag-*.whl 2>/dev/null | head -n1; }
 if [ -z "$(mmcv_wheel)" ]; then
   log "building mmcv $MMCV_VERSION ($build_kind ops, MAX_JOBS=$MAX_JOBS): 15-25 min on 2 cores for CPU ops, 40+ min per arch for CUDA ops"
-  src=$(mktemp -d)
-  "$PY" -m pip download -q -c "$PINS" --no-deps --no-binary :all: --no-build-isolation \
-    "mmcv==$MMCV_VERSION" -d "$src" 2> >(grep -v '^WARNING: Location' >&2)
-  tar xzf "$src"/mmcv-$MMCV_VERSION.tar.gz -C "$src"
+  # Built in the cache: an interrupted build resumes where it stopped.
+  src="$mmcv_cache/build-$py_tag"
+  if [ ! -f "$src/mmcv-$MMCV_VERSION/setup.py" ]; then
+    mkdir -p "$src"
+    "$PY" -m pip download -q -c "$PINS" --no-deps --no-binary :all: --no-build-isolation \
+      "mmcv==$MMCV_VERSION" -d "$src" 2> >(grep -v '^WARNING: Location' >&2)
+    tar xzf "$src"/mmcv-$MMCV_VERSION.tar.gz -C "$src"
+  else
+    log "resuming the build in $src"
+  fi
   # torch >= 2.14 headers need C++20; mmcv 2.1.0 hard-codes -std=c++17,
   # which as the last flag on the command line would win.
   if torch_at_least 2 14; then
