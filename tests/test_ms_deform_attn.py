@@ -316,8 +316,8 @@ def test_compiled_op_matches_pure_path_in_the_adapter(monkeypatch, dtype):
             with torch.autocast('cuda', dtype=dtype,
                                 enabled=dtype != torch.float32):
                 results[backend] = grads(
-                    lambda v, l, w: multi_scale_deformable_attention(
-                        v, shapes, l, w, backend=backend), value, locations,
+                    lambda v, loc, w: multi_scale_deformable_attention(
+                        v, shapes, loc, w, backend=backend), value, locations,
                     weights, grad_out)
         (out_c, grads_c), (out_p, grads_p) = results.values()
         assert out_c.dtype == torch.float32

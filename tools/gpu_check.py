@@ -49,6 +49,13 @@ def tool(name: str) -> List[str]:
     return [sys.executable, os.path.join(REPO, 'tools', name)]
 
 
+def deit_benchmark(out: str, name: str, *rows_and_options) -> List[str]:
+    return tool('benchmark.py') + [
+        '--device', 'cuda', '--arch', 'deit-tiny', '--batch-size', '64',
+        '--rounds', '5', '--json', os.path.join(out, f'{name}.json'),
+        '--rows', *rows_and_options]
+
+
 def junit_problem(path: str) -> Optional[str]:
     """Skipped CUDA tests are failures here: the GPU should run them all."""
     if not os.path.exists(path):
@@ -128,20 +135,14 @@ def plan(out: str) -> List[Step]:
         Step('benchmark-eager',
              'DeiT-Ti beside timm and mmpretrain: fp32/fp16/bf16, '
              'inference and train, eager',
-             tool('benchmark.py') + [
-                 '--device', 'cuda', '--arch', 'deit-tiny', '--batch-size',
-                 '64', '--rounds', '5', '--rows', 'timm', 'mmpretrain',
-                 'default-cls', 'mpvg', '--json',
-                 os.path.join(out, 'benchmark_eager.json')], 60),
+             deit_benchmark(out, 'benchmark_eager', 'timm', 'mmpretrain',
+                            'default-cls', 'mpvg'), 60),
         Step('benchmark-compiled',
              'the same, torch.compile, inference (compiled train steps '
              'would not fit the 8 minutes)',
-             tool('benchmark.py') + [
-                 '--device', 'cuda', '--arch', 'deit-tiny', '--batch-size',
-                 '64', '--rounds', '5', '--rows', 'timm', 'mmpretrain',
-                 'mpvg', '--modes', 'inference', '--compile', '--no-memory',
-                 '--json', os.path.join(out, 'benchmark_compiled.json')],
-             80),
+             deit_benchmark(out, 'benchmark_compiled', 'timm', 'mmpretrain',
+                            'mpvg', '--modes', 'inference', '--compile',
+                            '--no-memory'), 80),
         Step('benchmark-adapter',
              'ViT-Adapter-Ti per PE method at 512 px; compiled MSDA vs '
              'PyTorch path',
