@@ -19,7 +19,8 @@ def pytest_configure(config):
         'markers', 'cuda: needs a CUDA GPU (skipped without one); '
         'tools/gpu_check.sh runs `pytest -m cuda` and fails on any skip')
     config.addinivalue_line(
-        'markers', 'slow: trains a model or launches a subprocess')
+        'markers', 'slow: trains, compiles or launches a subprocess; '
+        '`pytest -m "not slow"` is the fast inner loop')
 
 
 @pytest.fixture(autouse=True)

@@ -13,7 +13,10 @@ from mmengine.logging import HistoryBuffer
 from mmmpvg.engine import UnsafeCheckpointError, mmengine_checkpoint_globals
 from mmmpvg.engine.checkpoint_loading import WEIGHTS_ONLY_BY_DEFAULT
 
-pytestmark = pytest.mark.usefixtures('one_thread', 'restore_determinism')
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.usefixtures('one_thread', 'restore_determinism')
+]
 needs_allow_list = pytest.mark.skipif(
     not WEIGHTS_ONLY_BY_DEFAULT,
     reason='torch < 2.6 unpickles any object by default: no allow-list')
