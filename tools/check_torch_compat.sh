@@ -9,7 +9,8 @@
 #
 # PYTEST_ARGS replace the default `tests`. The venv is
 # $MMMPVG_COMPAT_VENVS/torch<VERSION>-py<X.Y> (default ~/.cache/mmmpvg/venvs);
-# set-up variables (MAX_JOBS, MMMPVG_WHEEL_CACHE) as in tools/setup_env.sh.
+# set-up variables (MAX_JOBS, MMMPVG_WHEEL_CACHE) as in tools/setup_env.sh;
+# FORCE_CUDA=1 with TORCH_CUDA_ARCH_LIST takes a CUDA build of mmcv instead.
 # Exits with pytest's status.
 set -euo pipefail
 
