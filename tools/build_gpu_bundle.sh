@@ -87,7 +87,8 @@ while IFS= read -r line; do
   name=$(echo "${line%%==*}" | tr 'A-Z_.' 'a-z--')
   grep -qx "$name" <<<"$installed" || echo "$line"
 done < <(grep -E '^[A-Za-z0-9_.-]+==' "$ROOT/requirements/pinned.txt") > "$pins"
-stack=(mmcv mmengine mmdet mmsegmentation mmpretrain 'mmmpvg[seg]')
+# PyPI's newest mmcv (2.2.0) is a source release: name ours.
+stack=(mmcv==2.1.0 mmengine mmdet mmsegmentation mmpretrain 'mmmpvg[seg]')
 pip_quiet "$target/bin/python" -m pip install -q --dry-run --report "$WORK/report.json" \
   --find-links "$OUT" -c "$pins" "${stack[@]}"
 mapfile -t extra < <("$target/bin/python" "$ROOT/tools/gpu_bundle.py" missing "$WORK/report.json" "$OUT")
