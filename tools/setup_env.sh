@@ -47,12 +47,15 @@ if [ -n "${TORCH_VERSION:-}" ]; then
   torch_minor=${BASH_REMATCH[1]} torch_patch=${BASH_REMATCH[2]}
   # torchvision 0.(minor+15).patch is built for torch 2.minor.patch.
   torchvision="0.$((torch_minor + 15)).$torch_patch"
-  # Every pin but the torch pair; torch < 2.3 was compiled against NumPy 1.
+  # Every pin but the torch pair. torch < 2.3 was compiled against NumPy 1,
+  # and ml_dtypes 0.6 (for onnx) needs NumPy 2.
   PINS=$(mktemp --suffix=.txt)
   trap 'rm -f "$PINS"' EXIT
-  grep -Ev '^(torch|torchvision)==' "$ROOT/requirements/pinned.txt" > "$PINS"
+  unpinned='torch|torchvision'
+  if (( torch_minor < 3 )); then unpinned+='|ml_dtypes'; fi
+  grep -Ev "^($unpinned)==" "$ROOT/requirements/pinned.txt" > "$PINS"
   printf 'torch==%s\ntorchvision==%s\n' "$TORCH_VERSION" "$torchvision" >> "$PINS"
-  if (( torch_minor < 3 )); then echo 'numpy<2' >> "$PINS"; fi
+  if (( torch_minor < 3 )); then printf 'numpy<2\nml_dtypes<0.6\n' >> "$PINS"; fi
 fi
 
 log "creating $VENV with $PYTHON"
