@@ -77,8 +77,13 @@ def _history_buffer_statistic(owner, name):
 
 
 def _numpy_globals():
-    multiarray = np._core.multiarray if hasattr(np, '_core') \
-        else np.core.multiarray
+    # numpy 2 (and numpy 1.26's shim of it) has numpy._core; older numpy
+    # only numpy.core. The attribute alone is not enough: 1.26 does not
+    # import numpy._core.multiarray until asked.
+    try:
+        from numpy._core import multiarray
+    except ImportError:
+        from numpy.core import multiarray
     dtype_classes = {type(np.dtype(code)) for code in NUMPY_DTYPE_CODES}
     allowed = [np.ndarray, np.dtype, *sorted(dtype_classes, key=str)]
     # numpy 2 pickles under numpy._core, numpy 1 under numpy.core: accept
