@@ -16,6 +16,9 @@ def pytest_configure(config):
         'markers', 'slurm: starts a one-node Slurm cluster (root, apt); '
         'skipped with the reason where it cannot')
     config.addinivalue_line(
+        'markers', 'cuda: needs a CUDA GPU (skipped without one); '
+        'tools/gpu_check.sh runs `pytest -m cuda` and fails on any skip')
+    config.addinivalue_line(
         'markers', 'slow: trains, compiles or launches a subprocess; '
         '`pytest -m "not slow"` is the fast inner loop')
 
@@ -97,6 +100,18 @@ def benchmark_tool():
 def benchmark_adapter_tool():
     """tools/benchmark_adapter.py as a module."""
     return _load_tool('benchmark_adapter')
+
+
+@pytest.fixture(scope='session')
+def gpu_check_tool():
+    """tools/gpu_check.py as a module."""
+    return _load_tool('gpu_check')
+
+
+@pytest.fixture(scope='session')
+def gpu_bundle_tool():
+    """tools/gpu_bundle.py as a module."""
+    return _load_tool('gpu_bundle')
 
 
 @pytest.fixture(scope='module')

@@ -5,8 +5,12 @@ The pure-PyTorch path *is* mmcv's reference
 comparing the two would prove nothing; both are checked here against an
 independent gather-based bilinear sampler written from the definition,
 forward and backward (value, sampling locations, attention weights). Also:
-backend choice, fp32 under autocast, and the attention module.
+backend choice, fp32 under autocast, and the attention module. On a GPU
+(``pytest -m cuda``, which tools/gpu_check.sh runs): mmcv's compiled kernel
+against the PyTorch path, also on the inputs a real ViT-Adapter passes.
 """
+import os.path as osp
+
 import pytest
 import torch
 
@@ -126,10 +130,14 @@ def test_fp32_under_autocast():
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.skipif(
+needs_compiled_op = pytest.mark.skipif(
     not compiled_op_available(torch.device('cuda')),
     reason="mmcv's compiled deformable-attention kernel is CUDA-only; no "
     'GPU (or no CUDA build of mmcv) here')
+
+
+@pytest.mark.cuda
+@needs_compiled_op
 def test_compiled_op_matches_pure_path_on_cuda():
     value, locations, weights = random_inputs(6, batch=3)
     grad_out = torch.randn(3, locations.shape[1], 12)
@@ -219,3 +227,102 @@ def test_module_rejects_wrong_level_count():
              torch.randn(1, 4, 12), [(2, 2)])
     with pytest.raises(ValueError, match='not divisible'):
         MSDeformAttn(embed_dims=12, num_levels=1, num_heads=5, num_points=2)
+
+
+ADE20K_CONFIG = osp.join(
+    osp.dirname(__file__), '..', 'configs', 'vit_adapter',
+    'upernet_vit-adapter-ti-mpvg_4xb2-160k_ade20k-512x512.py')
+
+
+def adapter_msda_calls(monkeypatch, device, img_size, batch=1,
+                       dtype=torch.float32):
+    """The (value, shapes, locations, weights) of every deformable-attention
+    call in one forward of the ADE20K config's ViT-Adapter-Ti (under
+    autocast to ``dtype``). Its sampling offsets are the Deformable DETR
+    init (rays of 1-4 px) made query-dependent by a small random weight, as
+    training does: the init alone puts points exactly on pixel centres,
+    where the location gradient is discontinuous."""
+    import mmmpvg.adapter.ms_deform_attn as msda
+    from mmdet.registry import MODELS
+    from mmengine.config import Config
+
+    cfg = Config.fromfile(ADE20K_CONFIG).model.backbone
+    cfg.update(norm_cfg=dict(type='BN'), init_cfg=None)
+    torch.manual_seed(0)
+    adapter = MODELS.build(cfg)
+    adapter.init_weights()
+    for module in adapter.modules():
+        if isinstance(module, MSDeformAttn):
+            torch.nn.init.normal_(module.sampling_offsets.weight, std=0.01)
+            torch.nn.init.normal_(module.attention_weights.weight, std=0.01)
+    adapter.to(device).eval()
+    calls = []
+
+    def record(value, shapes, locations, weights, *args):
+        calls.append((value.detach(), list(shapes), locations.detach(),
+                      weights.detach()))
+        return original(value, shapes, locations, weights, 'pytorch')
+
+    original = msda.multi_scale_deformable_attention
+    monkeypatch.setattr(msda, 'multi_scale_deformable_attention', record)
+    images = torch.randn(batch, 3, img_size, img_size, device=device)
+    with torch.no_grad(), torch.autocast(device.type, dtype=dtype,
+                                         enabled=dtype != torch.float32):
+        adapter(images)
+    return calls
+
+
+def test_adapter_calls_deformable_attention_at_its_real_shapes(monkeypatch):
+    """What the GPU test below compares: 4 injectors (1/16 queries over the
+    1/8, 1/16, 1/32 maps), 4 extractors and the 2 extra ones (the 1/8..1/32
+    tokens over the 1/16 map), 6 heads of 32 dims, 4 points."""
+    with torch.random.fork_rng():
+        calls = adapter_msda_calls(monkeypatch, torch.device('cpu'), 128)
+    injector = [(16, 16), (8, 8), (4, 4)]
+    kinds = [shapes for _, shapes, _, _ in calls]
+    assert kinds == [injector, [(8, 8)]] * 4 + [[(8, 8)]] * 2
+    value, _, locations, weights = calls[0]
+    assert value.shape == (1, 16 * 16 + 8 * 8 + 4 * 4, 6, 32)
+    assert locations.shape == (1, 8 * 8, 6, 3, 4, 2)
+    assert weights.shape == (1, 8 * 8, 6, 3, 4)
+    value, _, locations, _ = calls[1]
+    assert value.shape == (1, 8 * 8, 6, 32)
+    assert locations.shape == (1, 16 * 16 + 8 * 8 + 4 * 4, 6, 1, 4, 2)
+    # Off the pixel centres (see adapter_msda_calls).
+    x = locations[0, :, :, 0, :, 0] * 16 - 0.5
+    assert (x - x.round()).abs().min() > 0
+
+
+@pytest.mark.cuda
+@needs_compiled_op
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float16])
+def test_compiled_op_matches_pure_path_in_the_adapter(monkeypatch, dtype):
+    """Each call of a 512 px, batch 2 ViT-Adapter-Ti forward (in fp32 and
+    under fp16 autocast, as the UperNet recipe trains), through both
+    backends under the same autocast: output and the gradients of value,
+    locations and weights."""
+    cuda = torch.device('cuda')
+    calls = adapter_msda_calls(monkeypatch, cuda, 512, batch=2, dtype=dtype)
+    assert len(calls) == 10
+    tol = dict(atol=1e-4, rtol=1e-4) if dtype == torch.float32 else dict(
+        atol=2e-3, rtol=2e-3)
+    generator = torch.Generator(cuda).manual_seed(0)
+    for value, shapes, locations, weights in calls:
+        grad_out = torch.randn(value.shape[0], locations.shape[1],
+                               value.shape[2] * value.shape[3],
+                               device=cuda, generator=generator)
+        results = {}
+        for backend in ('compiled', 'pytorch'):
+            with torch.autocast('cuda', dtype=dtype,
+                                enabled=dtype != torch.float32):
+                results[backend] = grads(
+                    lambda v, loc, w: multi_scale_deformable_attention(
+                        v, shapes, loc, w, backend=backend), value, locations,
+                    weights, grad_out)
+        (out_c, grads_c), (out_p, grads_p) = results.values()
+        assert out_c.dtype == torch.float32
+        torch.testing.assert_close(out_c, out_p, atol=1e-5, rtol=1e-5)
+        for name, gc, gp in zip(('value', 'locations', 'weights'), grads_c,
+                                grads_p):
+            torch.testing.assert_close(gc, gp, **tol, msg=lambda m: (
+                f'{name} gradient, levels {shapes}: {m}'))

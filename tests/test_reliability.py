@@ -24,6 +24,10 @@ from pe_families import bicubic_reference
 
 pytestmark = pytest.mark.usefixtures('one_thread', 'restore_determinism')
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+# What torch.amp.GradScaler('cpu').state_dict() holds (that scaler is
+# torch >= 2.3).
+GRAD_SCALER_STATE = dict(scale=65536.0, growth_factor=2.0, backoff_factor=0.5,
+                         growth_interval=2000, _growth_tracker=0)
 MICRO = dict(embed_dims=32, num_layers=2, num_heads=2, feedforward_channels=64)
 
 
@@ -269,7 +273,7 @@ def test_official_deit_training_checkpoint_loads_safely(tmp_path):
         model=weights.state_dict(), model_ema=ema.state_dict(),
         optimizer=optimizer.state_dict(),
         lr_scheduler=dict(t_initial=300, base_values=[5e-4]), epoch=299,
-        scaler=torch.amp.GradScaler('cpu').state_dict(),
+        scaler=GRAD_SCALER_STATE,
         args=argparse.Namespace(model='deit_tiny_patch16_224', lr=5e-4,
                                 model_ema=True, output_dir='out')), path)
     image = torch.randn(2, 3, 32, 32)

@@ -72,6 +72,9 @@ def parse_args(argv=None):
     parser.add_argument('--json', help='write every number to this file')
     args = parser.parse_args(argv)
     args.device = torch.device(args.device)
+    if args.device.type == 'cuda' and not torch.cuda.is_available():
+        parser.error(f'--device {args.device}: torch {torch.__version__} '
+                     'sees no CUDA device here.')
     if args.precisions is None:
         args.precisions = ['fp32', 'fp16', 'bf16'] \
             if args.device.type == 'cuda' else ['fp32', 'bf16']
@@ -145,7 +148,10 @@ class Row:
                                       args.device)
         self.labels = torch.randint(0, NUM_CLASSES, (args.batch_size, ),
                                     generator=generator).to(args.device)
-        self.scaler = torch.amp.GradScaler(args.device.type)
+        # torch.amp.GradScaler is torch >= 2.3; fp16 runs on CUDA only.
+        self.scaler = torch.amp.GradScaler(args.device.type) if hasattr(
+            torch.amp, 'GradScaler') else torch.cuda.amp.GradScaler(
+                enabled=args.device.type == 'cuda')
 
     def logits(self, compiled):
         model = self.compiled if compiled else self.model
@@ -364,8 +370,11 @@ def main(argv=None):
     args = parse_args(argv)
     # init_weights' per-parameter report would bury the tables
     MMLogger.get_current_instance().setLevel('WARNING')
-    # every row x mode x precision is its own graph
-    torch._dynamo.config.recompile_limit = 64
+    # every row x mode x precision is its own graph (older torch names the
+    # limit cache_size_limit)
+    config = torch._dynamo.config
+    setattr(config, 'recompile_limit' if hasattr(config, 'recompile_limit')
+            else 'cache_size_limit', 64)
     result = measure(args, log=lambda m: print(m, file=sys.stderr))
     report(result)
     if args.json:

@@ -50,6 +50,9 @@ def parse_args(argv=None):
     parser.add_argument('--json', help='write every number to this file')
     args = parser.parse_args(argv)
     args.device = torch.device(args.device)
+    if args.device.type == 'cuda' and not torch.cuda.is_available():
+        parser.error(f'--device {args.device}: torch {torch.__version__} '
+                     'sees no CUDA device here.')
     if args.img_size % 32:
         parser.error('--img-size must be a multiple of 32 (the 1/32 map).')
     return args
@@ -137,7 +140,9 @@ def measure(args, log=print):
         command=' '.join([os.path.basename(sys.executable)] + sys.argv),
         config=dict(vars(args), device=str(args.device)),
         machine=dict(platform=platform.platform(), torch=torch.__version__,
-                     threads=torch.get_num_threads()),
+                     threads=torch.get_num_threads(),
+                     cuda=torch.cuda.get_device_name(args.device)
+                     if args.device.type == 'cuda' else None),
         rows=[], msda=[],
         msda_compiled_op=('measured' if compiled else
                           f'absent on {args.device}: mmcv has no CPU kernel '

@@ -20,6 +20,16 @@ _AMP_COMPATIBLE_WRAPPERS = ('OptimWrapper', 'AmpOptimWrapper',
                             'CPUAmpOptimWrapper')
 
 
+def _cpu_has_bf16_instructions():
+    """AVX512-BF16 or AMX; None where torch cannot tell (its probes are
+    torch >= 2.3)."""
+    probes = [getattr(torch.cpu, name, None) for name in (
+        '_is_avx512_bf16_supported', '_is_amx_tile_supported')]
+    if None in probes:
+        return None
+    return any(probe() for probe in probes)
+
+
 def check_cpu_autocast(cfg):
     """Refuse what cannot run under CPU bfloat16 autocast; warn where it
     runs but slowly.
@@ -36,8 +46,7 @@ def check_cpu_autocast(cfg):
             'scalar type Float but found BFloat16\"), so mmdet detectors '
             'cannot run under CPU autocast. Run without --amp, or on CUDA '
             '(float16).')
-    if torch.cpu._is_avx512_bf16_supported() or \
-            torch.cpu._is_amx_tile_supported():
+    if _cpu_has_bf16_instructions() is not False:
         return
     print_log(
         '--amp: this CPU has no bfloat16 instructions (AVX512-BF16 or AMX); '

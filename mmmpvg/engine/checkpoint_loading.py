@@ -28,7 +28,7 @@ from mmengine.runner.checkpoint import CheckpointLoader
 
 __all__ = [
     'MMENGINE_CHECKPOINT_GLOBALS', 'NUMPY_DTYPE_CODES', 'UnsafeCheckpointError',
-    'DamagedCheckpointError', 'checkpoint_damage',
+    'DamagedCheckpointError', 'WEIGHTS_ONLY_BY_DEFAULT', 'checkpoint_damage',
     'mmengine_checkpoint_globals', 'install_checkpoint_allowlist'
 ]
 
@@ -77,8 +77,13 @@ def _history_buffer_statistic(owner, name):
 
 
 def _numpy_globals():
-    multiarray = np._core.multiarray if hasattr(np, '_core') \
-        else np.core.multiarray
+    # numpy 2 (and numpy 1.26's shim of it) has numpy._core; older numpy
+    # only numpy.core. The attribute alone is not enough: 1.26 does not
+    # import numpy._core.multiarray until asked.
+    try:
+        from numpy._core import multiarray
+    except ImportError:
+        from numpy.core import multiarray
     dtype_classes = {type(np.dtype(code)) for code in NUMPY_DTYPE_CODES}
     allowed = [np.ndarray, np.dtype, *sorted(dtype_classes, key=str)]
     # numpy 2 pickles under numpy._core, numpy 1 under numpy.core: accept
@@ -97,13 +102,22 @@ MMENGINE_CHECKPOINT_GLOBALS = [
 ]
 
 
+# Before torch 2.6, torch.load unpickles any object by default (MMEngine's
+# loaders do not ask for weights_only), so there is nothing to allow; the
+# allow-list API itself is torch >= 2.4, its (object, name) form >= 2.5.
+WEIGHTS_ONLY_BY_DEFAULT = torch.__version__ >= (2, 6)
+
+
 @contextlib.contextmanager
 def mmengine_checkpoint_globals():
     """Let ``torch.load(weights_only=True)`` read MMEngine checkpoints.
 
     The allow-list is active only inside the block; safe globals registered
-    by others before it stay registered after it.
+    by others before it stay registered after it. A no-op before torch 2.6.
     """
+    if not WEIGHTS_ONLY_BY_DEFAULT:
+        yield
+        return
     before = torch.serialization.get_safe_globals()
     torch.serialization.add_safe_globals(MMENGINE_CHECKPOINT_GLOBALS)
     try:

@@ -113,13 +113,14 @@ class _LiveTensorBytes:
 
 
 def peak_memory(fn: Callable[[], object], device: torch.device,
-                external: Sequence = ()) -> Tuple[int, str]:
+                external: Sequence = ()) -> Tuple[Optional[int], str]:
     """(peak bytes of live tensors during ``fn()``, how it was measured).
 
     The peak counts everything alive at that moment (weights, optimizer
     state, inputs, activations), as ``torch.cuda.max_memory_allocated``
     does. ``external`` lists the modules, optimizers and tensors created
-    before the call (needed on the CPU only).
+    before the call (needed on the CPU only). On the CPU before torch 2.5
+    the bytes are None and the method says why.
     """
     if device.type == 'cuda':
         synchronize(device)
@@ -130,8 +131,13 @@ def peak_memory(fn: Callable[[], object], device: torch.device,
                 'torch.cuda.max_memory_allocated (caching allocator)')
     if device.type != 'cpu':
         raise ValueError(f'No peak-memory method for device {device}.')
-    return (_LiveTensorBytes.measure(fn, device, external),
-            _LiveTensorBytes.method)
+    try:
+        return (_LiveTensorBytes.measure(fn, device, external),
+                _LiveTensorBytes.method)
+    except ImportError:
+        return None, ('not measured: CPU peak memory needs torch >= 2.5 '
+                      '(torch.distributed._tools.mem_tracker.MemTracker), '
+                      f'this is torch {torch.__version__}')
 
 
 def vit_flops(tokens: int, dims: int, layers: int, hidden: int,
