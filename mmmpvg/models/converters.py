@@ -95,12 +95,21 @@ def load_checkpoint_safely(path: str) -> dict:
         raise ValueError(f'{path} is not a PyTorch checkpoint (torch.save '
                          'writes a zip archive); expected the weights of a '
                          'model to convert.')
+    # torch.serialization.safe_globals is torch >= 2.5.
+    safe_globals = getattr(torch.serialization, 'safe_globals', None)
+    allowed = safe_globals(TRAINING_CHECKPOINT_GLOBALS) if safe_globals \
+        else contextlib.nullcontext()
     try:
-        with mmengine_checkpoint_globals(), \
-                torch.serialization.safe_globals(TRAINING_CHECKPOINT_GLOBALS):
+        with mmengine_checkpoint_globals(), allowed:
             checkpoint = torch.load(path, map_location='cpu',
                                     weights_only=True)
     except pickle.UnpicklingError as error:
+        if safe_globals is None:
+            raise ValueError(
+                f'{path} holds pickled objects besides the weights (training '
+                'checkpoints save their arguments); reading them safely '
+                f'needs torch >= 2.5, this is {torch.__version__}. Convert '
+                'the released weights, or use a newer torch.') from error
         raise ValueError(
             f'{path} holds pickled objects that neither timm, the official '
             'codes nor mmpretrain checkpoints contain '
