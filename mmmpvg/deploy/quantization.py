@@ -21,6 +21,7 @@ sees; other image sizes are refused. Detectors and segmentors are not
 served: their RPN/decode heads and mmcv ops were never checked in int8.
 """
 import copy
+import dataclasses
 import os.path as osp
 import tempfile
 from contextlib import ExitStack
@@ -29,12 +30,13 @@ from typing import Optional
 import torch
 import torch._inductor.config as inductor_config
 import torch.nn as nn
+from mmengine.hooks import Hook
 from mmengine.logging import print_log
-from mmengine.model import BaseModel
+from mmengine.model import BaseModel, is_model_wrapper
 
 from ..models import fold_pe
 from ..utils.benchmarking import cpu_isa
-from .onnx_export import export_module, export_onnx
+from .onnx_export import MIN_OPSET, export_module, export_onnx
 
 SCHEMES = {
     'pt2e': 'PT2E X86InductorQuantizer (torchao) + inductor, oneDNN int8',
@@ -64,14 +66,19 @@ def int8_unsupported_reason() -> Optional[str]:
     return None
 
 
-def check_int8(task: str) -> None:
-    """Refuse, in one line, what ``--int8`` cannot serve: a detector or a
-    segmentor (``task`` is the config's default_scope), or a CPU without
-    the int8 engine."""
+def check_int8_task(task: str) -> None:
+    """Refuse, in one line, a detector or segmentor (``task`` is the
+    config's default_scope)."""
     if task != 'mmpretrain':
         raise ValueError(
             f'--int8 serves classifiers (mmpretrain configs) only; this '
             f'config is {task}: run detectors and segmentors without --int8.')
+
+
+def check_int8(task: str) -> None:
+    """Refuse, in one line, what ``--int8`` cannot serve: a detector or a
+    segmentor, or a CPU without the int8 engine."""
+    check_int8_task(task)
     reason = int8_unsupported_reason()
     if reason:
         raise RuntimeError(f'--int8: {reason}. Run without --int8 (fp32).')
@@ -91,8 +98,8 @@ def _example_batch(img: torch.Tensor) -> torch.Tensor:
     return img[:1].expand(2, *img.shape[1:]).contiguous()
 
 
-def _pt2e_graph(graph: nn.Module, img: torch.Tensor,
-                fp32_head: bool) -> nn.Module:
+def _pt2e_quantize(graph: nn.Module, img: torch.Tensor,
+                   fp32_head: bool) -> torch.fx.GraphModule:
     try:
         import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer \
             as x86q
@@ -108,9 +115,17 @@ def _pt2e_graph(graph: nn.Module, img: torch.Tensor,
         exported = torch.export.export(
             graph, (example, ),
             dynamic_shapes=({0: torch.export.Dim('batch')}, )).module()
-    quantizer = x86q.X86InductorQuantizer().set_global(
-        x86q.get_default_x86_inductor_quantization_config(
-            is_dynamic=True, reduce_range=_reduce_range()))
+    config = x86q.get_default_x86_inductor_quantization_config(
+        is_dynamic=True, reduce_range=_reduce_range())
+    # Weights on onnxruntime's symmetric int8 grid, [-127, 127] (scale
+    # max|w| / 127; torchao's default [-128, 127] gives max|w| / 127.5), so
+    # that both runtimes hold the same int8 weights.
+    config = dataclasses.replace(
+        config, weight=dataclasses.replace(config.weight, quant_min=-127))
+    # Linear layers only, as in the other two schemes (the patch
+    # embedding's convolution and attention's matmuls stay fp32).
+    quantizer = x86q.X86InductorQuantizer().set_module_type_qconfig(
+        nn.Linear, config)
     if fp32_head:
         quantizer.set_module_name_qconfig(HEAD_MODULE, None)
     prepared = prepare_pt2e(exported, quantizer)
@@ -118,8 +133,12 @@ def _pt2e_graph(graph: nn.Module, img: torch.Tensor,
         # Activations need no calibration (quantized per call), but the
         # weight observers record their ranges in a forward pass.
         prepared(example)
-    converted = convert_pt2e(prepared)
-    return _FrozenCompiled(converted)
+    return convert_pt2e(prepared)
+
+
+def _pt2e_graph(graph: nn.Module, img: torch.Tensor,
+                fp32_head: bool) -> nn.Module:
+    return _FrozenCompiled(_pt2e_quantize(graph, img, fp32_head))
 
 
 class _FrozenCompiled(nn.Module):
@@ -207,14 +226,23 @@ class OnnxRuntimeGraph(nn.Module):
         return torch.from_numpy(scores)
 
 
+def export_int8_onnx(classifier: nn.Module, out_file: str, shape,
+                     opset: int = MIN_OPSET, fp32_head: bool = True) -> None:
+    """The folded ONNX export of ``classifier`` at ``shape`` (H, W),
+    quantized by :func:`quantize_onnx`, written to ``out_file``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32_path = osp.join(tmp, 'fp32.onnx')
+        export_onnx(classifier, 'mmpretrain', fp32_path, shape, opset=opset)
+        quantize_onnx(fp32_path, out_file, fp32_head)
+
+
 def _onnxruntime_graph(graph: nn.Module, img: torch.Tensor,
                        fp32_head: bool) -> nn.Module:
     with tempfile.TemporaryDirectory() as tmp:
-        fp32_path = osp.join(tmp, 'fp32.onnx')
-        int8_path = osp.join(tmp, 'int8.onnx')
-        export_onnx(graph.model, 'mmpretrain', fp32_path, img.shape[-2:])
-        quantize_onnx(fp32_path, int8_path, fp32_head)
-        return OnnxRuntimeGraph(int8_path)
+        path = osp.join(tmp, 'int8.onnx')
+        export_int8_onnx(graph.model, path, img.shape[-2:],
+                         fp32_head=fp32_head)
+        return OnnxRuntimeGraph(path)
 
 
 _BUILDERS = dict(pt2e=_pt2e_graph, dynamic=_dynamic_graph,
@@ -235,6 +263,21 @@ def _plain_linears(module: nn.Module) -> nn.Module:
     return module
 
 
+def _graph_copy(classifier: nn.Module) -> nn.Module:
+    """:func:`export_module` of a CPU copy of ``classifier``."""
+    return export_module(
+        _plain_linears(copy.deepcopy(classifier).cpu().eval()), 'mmpretrain')
+
+
+def pt2e_reference(classifier: nn.Module, img: torch.Tensor,
+                   fp32_head: bool = True) -> torch.fx.GraphModule:
+    """Scheme ``'pt2e'`` before inductor: the exported graph with
+    quantize/dequantize ops around fp32 linear layers, i.e. the int8
+    numerics computed by reference ops (slow; for checks)."""
+    return _pt2e_quantize(_graph_copy(classifier), img.detach().cpu(),
+                          fp32_head)
+
+
 def int8_graph(classifier: nn.Module, img: torch.Tensor,
                scheme: str = DEFAULT_SCHEME,
                fp32_head: bool = True) -> nn.Module:
@@ -249,9 +292,8 @@ def int8_graph(classifier: nn.Module, img: torch.Tensor,
     reason = int8_unsupported_reason()
     if reason:
         raise RuntimeError(f'int8: {reason}.')
-    graph = export_module(
-        _plain_linears(copy.deepcopy(classifier).cpu().eval()), 'mmpretrain')
-    return _BUILDERS[scheme](graph, img.detach().cpu(), fp32_head)
+    return _BUILDERS[scheme](_graph_copy(classifier), img.detach().cpu(),
+                             fp32_head)
 
 
 class Int8Classifier(BaseModel):
@@ -292,3 +334,32 @@ class Int8Classifier(BaseModel):
         if mode == 'tensor':
             return scores
         return self.classifier.head._get_predictions(scores, data_samples)
+
+
+def add_int8_argument(parser) -> None:
+    """``--int8 [SCHEME]`` of the tools (argparse)."""
+    parser.add_argument(
+        '--int8', nargs='?', const=DEFAULT_SCHEME, choices=list(SCHEMES),
+        metavar='SCHEME',
+        help='classifiers on x86 CPUs: infer with int8 linear layers, the PE '
+        f'chain folded; SCHEME {"/".join(SCHEMES)} (default {DEFAULT_SCHEME})'
+        ', see mmmpvg.deploy.quantization')
+
+
+class Int8TestHook(Hook):
+    """``tools/test.py --int8``: the test loop runs the checkpoint's
+    classifier as an :class:`Int8Classifier` (it swaps the model after the
+    checkpoint has loaded)."""
+
+    def __init__(self, scheme: str = DEFAULT_SCHEME):
+        if scheme not in SCHEMES:
+            raise ValueError(f'Unknown int8 scheme {scheme!r}; choose one '
+                             f'of {sorted(SCHEMES)}.')
+        self.scheme = scheme
+
+    def before_test(self, runner):
+        model = runner.model
+        if is_model_wrapper(model):
+            model.module = Int8Classifier(model.module, self.scheme)
+        else:
+            runner.model = Int8Classifier(model, self.scheme)
