@@ -15,6 +15,9 @@ def pytest_configure(config):
     config.addinivalue_line(
         'markers', 'slurm: starts a one-node Slurm cluster (root, apt); '
         'skipped with the reason where it cannot')
+    config.addinivalue_line(
+        'markers', 'slow: trains or launches subprocesses (deselect with '
+        "-m 'not slow')")
 
 
 @pytest.fixture(autouse=True)

@@ -36,7 +36,8 @@ from mmengine.model import BaseModel, is_model_wrapper
 
 from ..models import fold_pe
 from ..utils.benchmarking import cpu_isa
-from .onnx_export import MIN_OPSET, export_module, export_onnx
+from .onnx_export import (MIN_OPSET, batch_agnostic_windows, export_module,
+                          export_onnx)
 
 SCHEMES = {
     'pt2e': 'PT2E X86InductorQuantizer (torchao) + inductor, oneDNN int8',
@@ -111,7 +112,7 @@ def _pt2e_quantize(graph: nn.Module, img: torch.Tensor,
             "requirements/deploy.txt), or choose the 'dynamic' or "
             "'onnxruntime' scheme.") from error
     example = _example_batch(img)
-    with fold_pe(graph, example):
+    with batch_agnostic_windows(), fold_pe(graph, example):
         exported = torch.export.export(
             graph, (example, ),
             dynamic_shapes=({0: torch.export.Dim('batch')}, )).module()

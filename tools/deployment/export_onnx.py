@@ -50,7 +50,10 @@ def main():
     cfg = Config.fromfile(args.config)
     task = model_task(cfg)
     if args.int8:
-        check_int8_task(task)
+        try:
+            check_int8_task(task)
+        except ValueError as error:
+            parser.error(str(error))
         if args.no_fold:
             parser.error('--int8 exports the folded graph; drop --no-fold.')
     shape = tuple(args.shape) if args.shape else default_shape(cfg, task)
