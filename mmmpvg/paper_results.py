@@ -18,7 +18,7 @@ import inspect
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
-from mmmpvg.models.position_embedding import LAYERWISE_KNOBS, PE_METHODS
+from mmmpvg.models.pe import resolve_pe_cfg
 
 IMAGENET = 'ImageNet-1k'
 CIFAR100 = 'CIFAR-100'
@@ -213,26 +213,18 @@ def _default_of(cls, name):
 
 
 def pe_knobs(pe_cfg, backbone_type=None):
-    """``pe_cfg`` expanded into every PE knob, as the backbone resolves it.
-
-    Backbones may override a method's presets (``PE_PRESET_OVERRIDES``, e.g.
-    Swin's PVG/MPVG deliver PE to layer 0 too).
+    """``pe_cfg`` expanded into every PE knob, as the backbone resolves it
+    (:func:`~mmmpvg.models.pe.resolve_pe_cfg` with the family's
+    ``pe_preset_overrides``, e.g. Swin's PVG/MPVG deliver PE to layer 0),
+    without the method's name: the knobs are the structure.
 
     Raises:
-        ValueError: for a method :data:`PE_METHODS` does not define.
+        ValueError: for an unknown method or knob.
     """
-    pe_cfg = dict(pe_cfg or {})
-    method = pe_cfg.pop('method', 'default')
-    if method not in PE_METHODS:
-        raise ValueError(f'unknown PE method {method!r}')
     overrides = getattr(_registered_class(backbone_type),
-                        'PE_PRESET_OVERRIDES', {}) if backbone_type else {}
-    knobs = {**PE_METHODS[method], **overrides.get(method, {}), **pe_cfg}
-    for name in LAYERWISE_KNOBS:
-        if knobs['layerwise']:
-            knobs.setdefault(name, PE_METHODS['pvg'][name])
-        else:
-            knobs[name] = None
+                        'pe_preset_overrides', {}) if backbone_type else {}
+    knobs = resolve_pe_cfg(pe_cfg, overrides)
+    del knobs['method']
     return knobs
 
 

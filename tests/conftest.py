@@ -16,8 +16,8 @@ def pytest_configure(config):
         'markers', 'slurm: starts a one-node Slurm cluster (root, apt); '
         'skipped with the reason where it cannot')
     config.addinivalue_line(
-        'markers', 'slow: trains or launches subprocesses (deselect with '
-        "-m 'not slow')")
+        'markers', 'slow: trains, compiles or launches a subprocess; '
+        '`pytest -m "not slow"` is the fast inner loop')
 
 
 @pytest.fixture(autouse=True)

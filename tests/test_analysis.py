@@ -60,7 +60,7 @@ def build_backbone(method, seed=0):
         if isinstance(module, nn.LayerNorm):
             module.weight.normal_(1.0, 0.3)
             module.bias.normal_(0.0, 0.3)
-    backbone.pe.pos_embed.normal_(0.0, 1.0)
+    backbone.pos_embed.normal_(0.0, 1.0)
     backbone.eval()
     return backbone
 
@@ -152,7 +152,7 @@ def test_capture_returns_what_each_module_computes(method):
     record, output = capture(backbone, images)
 
     tokens, grid = backbone.embed(images)
-    pos = backbone.pe.resized(grid)
+    pos = backbone.resized_pos_embed(grid)
     x0 = tokens + pos if method != 'lape' else tokens
     torch.testing.assert_close(record.layer_inputs[0], x0)
     assert record.grid_size == (4, 4)
@@ -171,14 +171,14 @@ def test_capture_returns_what_each_module_computes(method):
         x = record.layer_inputs[layer]
         torch.testing.assert_close(record.layer_ln1[layer],
                                    layer_norm(x, module.ln1))
-        x_next = module(x, record.layer_pe[layer])
+        x_next = module(x, grid, record.layer_pe[layer])
         following = (record.layer_inputs[layer + 1]
                      if layer + 1 < len(backbone.layers)
                      else record.last_norm_input)
         torch.testing.assert_close(following, x_next)
     torch.testing.assert_close(
         record.last_norm_output,
-        layer_norm(record.last_norm_input, backbone.last_norm))
+        layer_norm(record.last_norm_input, backbone.ln1))
     if method == 'mpvg':
         torch.testing.assert_close(
             record.plan.to_last_norm,
@@ -200,7 +200,7 @@ def test_capture_unhooks_and_refuses_incomplete_passes():
     hooked = [m for m in backbone.modules()
               if m._forward_hooks or m._forward_pre_hooks]
     assert hooked == []
-    with pytest.raises(ValueError, match='exactly one PEVisionTransformer'):
+    with pytest.raises(ValueError, match='exactly one mmmpvg PE backbone'):
         find_pe_backbone(nn.Sequential(nn.Linear(2, 2)))
 
 
@@ -252,8 +252,8 @@ def test_summary_finds_a_correlation_set_through_the_weights(method):
         backbone.pe.layer_norms[str(layer)].weight.zero_()
         backbone.pe.layer_norms[str(layer)].bias.copy_(2.0 * u - 0.3)
     if method == 'mpvg':
-        backbone.last_norm.weight.zero_()
-        backbone.last_norm.bias.copy_(-0.5 * u + math.sqrt(0.75) * v)
+        backbone.ln1.weight.zero_()
+        backbone.ln1.bias.copy_(-0.5 * u + math.sqrt(0.75) * v)
         backbone.pe.last_pos_norm.weight.zero_()
         backbone.pe.last_pos_norm.bias.copy_(u)
     records = [capture(backbone, torch.randn(n, 3, 32, 32))[0]
@@ -301,11 +301,11 @@ def test_summary_averages_over_all_images(method):
     before, after = [], []
     for images in batches:
         x, grid = backbone.embed(images)
-        plan = backbone.pe(grid)
+        plan = backbone.pe_plan(grid)
         if plan.to_input is not None:
             x = x + plan.to_input
         for layer, pe in zip(backbone.layers, plan.per_layer):
-            x = layer(x, pe)
+            x = layer(x, grid, pe)
         before.append(x[:, 0] if POOL[method] == 'cls' else x.mean(1))
         after.append(backbone(images)[0])
     before = torch.cat(before).double().numpy()
@@ -319,7 +319,7 @@ def test_summary_averages_over_all_images(method):
     assert summary.last_norm.cosine_per_image == pytest.approx(
         np.mean([cos(a, b) for a, b in zip(before, after)]), abs=1e-6)
     assert summary.last_norm.beta_variance() == pytest.approx(
-        np.var(backbone.last_norm.bias.detach().double().numpy()), rel=1e-12)
+        np.var(backbone.ln1.bias.detach().double().numpy()), rel=1e-12)
 
 
 def test_token_norms_follow_the_patch_grid():
@@ -339,6 +339,7 @@ def test_token_norms_follow_the_patch_grid():
 
 # --- the command-line tools -----------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize('method', list(POOL))
 def test_tools_write_figures_and_numbers_for_every_method(
         method, tiny_configs, image_dir, tmp_path):
@@ -382,6 +383,7 @@ def test_tools_write_figures_and_numbers_for_every_method(
     assert np.asarray(grids['before_last_norm']).shape == (4, 4)
 
 
+@pytest.mark.slow
 def test_correlation_tool_puts_several_models_on_one_plot(
         tiny_configs, image_dir, tmp_path):
     argv = []
@@ -404,11 +406,12 @@ def test_correlation_tool_puts_several_models_on_one_plot(
             ['--model', tiny_configs['pvg'], '--out-dir', str(tmp_path)])
 
 
+@pytest.mark.slow
 def test_tools_load_a_checkpoint_and_reject_one_that_does_not_fit(
         tiny_configs, image_dir, tmp_path):
     from mmmpvg.analysis.loading import load_model
     model, _ = load_model(tiny_configs['pvg'], 'none', seed=3)
-    model.backbone.pe.pos_embed.normal_(0.0, 1.0)
+    model.backbone.pos_embed.normal_(0.0, 1.0)
     checkpoint = str(tmp_path / 'pvg.pth')
     torch.save(dict(state_dict=model.state_dict(), meta=dict(epoch=1)),
                checkpoint)
@@ -417,7 +420,7 @@ def test_tools_load_a_checkpoint_and_reject_one_that_does_not_fit(
         '--out-dir', str(tmp_path / 'out')])
     maps = np.load(tmp_path / 'out' / 'pe_heatmaps.npz')
     np.testing.assert_allclose(maps['layer_0/pe'],
-                               model.backbone.pe.pos_embed[0].double().numpy())
+                               model.backbone.pos_embed[0].double().numpy())
 
     with pytest.raises(ValueError, match='does not fit the backbone'):
         load_model(tiny_configs['mpvg'], checkpoint)  # no LN''
@@ -427,6 +430,7 @@ def test_tools_load_a_checkpoint_and_reject_one_that_does_not_fit(
         load_model(tiny_configs['pvg'], str(tmp_path / 'missing.pth'))
 
 
+@pytest.mark.slow
 def test_tools_read_the_data_set_of_a_config(tmp_path):
     """configs/demo (scikit-learn digits, 32x32, patch 8: a 4x4 grid)."""
     stats = load_tool('last_ln_stats').main([

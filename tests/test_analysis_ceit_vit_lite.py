@@ -132,6 +132,7 @@ def write_config(tmp_path, kind, method):
     return str(path)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('kind', sorted(TINY))
 def test_tools_write_figures_and_numbers(kind, image_dir, tmp_path):
     """Fig. 4 (pe_correlation) with two methods side by side, Fig. 2

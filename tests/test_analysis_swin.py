@@ -79,7 +79,7 @@ def test_capture_records_each_stage_at_its_grid_and_width(method):
     assert [i for i, pe in enumerate(record.layer_pe) if pe is not None] \
         == LAYERS_WITH_PE[method]
     for layer, (block, grid, dims) in enumerate(
-            zip(backbone.blocks, GRIDS, DIMS)):
+            zip(backbone.pe_blocks(), GRIDS, DIMS)):
         x = record.layer_inputs[layer]
         assert x.shape == (2, grid[0] * grid[1], dims)
         torch.testing.assert_close(record.layer_ln1[layer],
@@ -135,6 +135,7 @@ def image_dir(tmp_path_factory):
     return str(folder)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('method', ['default', 'mpvg'])
 def test_tools_write_figures_and_numbers_for_swin(method, image_dir,
                                                   tmp_path):

@@ -135,6 +135,7 @@ def image_dir(tmp_path_factory):
     return str(folder)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('method', ['lape', 'mpvg'])
 def test_tools_write_figures_and_numbers_for_t2t(method, image_dir,
                                                  tmp_path):

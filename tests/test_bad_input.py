@@ -75,13 +75,21 @@ def test_checkpoint_of_another_pe_method(run_tool, tmp_path):
         run_tool('test', lape)
 
 
-def test_checkpoint_of_another_width(run_tool, tmp_path):
-    wide = save(demo_model(arch=dict(embed_dims=96, num_layers=4,
-                                     num_heads=4, feedforward_channels=128)),
-                tmp_path / 'wide.pth')
-    with pytest.raises(CheckpointMismatchError, match='shape mismatch: '
-                       r'backbone.patch_embed.projection.weight'):
-        run_tool('test', wide)
+@pytest.mark.parametrize('arch,named', [
+    (dict(embed_dims=96, num_layers=4), 'backbone.patch_embed.projection'),
+    (dict(embed_dims=64, num_layers=6), 'weights not in the model'),
+])
+def test_checkpoint_of_another_size_with_the_same_pe_method(
+        run_tool, tmp_path, arch, named):
+    """Not "another PE method": the PE norms differ because the layers do."""
+    other = save(demo_model(arch=dict(arch, num_heads=4,
+                                      feedforward_channels=128)),
+                 tmp_path / 'other.pth')
+    with pytest.raises(CheckpointMismatchError,
+                       match='another model size') as error:
+        run_tool('test', other)
+    assert named in str(error.value)
+    assert 'another PE method' not in str(error.value)
 
 
 def test_damaged_checkpoint(run_tool, tmp_path):
@@ -121,6 +129,7 @@ def test_num_classes_differs_from_the_checkpoint_head(run_tool, tmp_path):
     assert files(tmp_path) == before
 
 
+@pytest.mark.slow
 def test_more_processes_than_the_machine_runs(tmp_path, demo_config):
     env = dict(os.environ, CUDA_VISIBLE_DEVICES='',
                PATH=f'{pathlib.Path(sys.executable).parent}:'

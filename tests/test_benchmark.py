@@ -8,6 +8,8 @@ import torch
 
 from mmmpvg.utils.benchmarking import peak_memory, vit_flops
 
+pytestmark = pytest.mark.slow
+
 MiB = 2**20
 
 

@@ -65,6 +65,7 @@ def test_metafile_states_the_paper_numbers_of_its_config(entry):
         assert entry['Metadata']['Paper Parameters (M)'] == rows[0].params_m
 
 
+@pytest.mark.slow
 def test_every_paper_row_with_a_number_has_a_config():
     configs = glob.glob(osp.join(REPO, 'configs/*/*.py')) + glob.glob(
         osp.join(REPO, 'configs/deit/ablations/*.py'))
@@ -105,6 +106,7 @@ def test_rows_follow_the_structure_not_the_method_name():
     assert rows == [] and "global_pool='cls'" in why
 
 
+@pytest.mark.slow
 def test_adapter_configs_map_to_tables_3_and_4_and_shapes_do_not():
     labels = dict(default='Default', lape='LaPE', pvg='PVG', mpvg='MPVG')
     adapter = sorted(glob.glob(osp.join(REPO, 'configs/vit_adapter/*.py')))
@@ -214,6 +216,7 @@ def collected(tmp_path_factory, make_runner, train_tool, test_tool,
                 segmentation=str(segmentation), ade20k=str(ade))
 
 
+@pytest.mark.slow
 def test_a_paper_config_run_lands_in_every_table_of_its_row(collected):
     with open(osp.join(REPO, 'configs/deit/metafile.yml')) as f:
         built = {e['Name']: e['Metadata']['Parameters']
@@ -242,6 +245,7 @@ def test_a_paper_config_run_lands_in_every_table_of_its_row(collected):
     assert 'Table 3' not in collected['tables']
 
 
+@pytest.mark.slow
 def test_runs_without_a_paper_row_are_listed_with_their_metric(
         collected, demo_config):
     unmapped = {r['run']: r for r in collected['tables']['Unmapped runs']}
@@ -266,6 +270,7 @@ def test_runs_without_a_paper_row_are_listed_with_their_metric(
     assert tested['recipe'] == ''
 
 
+@pytest.mark.slow
 def test_cli_writes_the_report(collected, tmp_path):
     out = tmp_path / 'results.md'
     load_collect_results().main(
@@ -275,6 +280,7 @@ def test_cli_writes_the_report(collected, tmp_path):
     assert '### Table 1' in text and 'Unmapped runs' not in text
 
 
+@pytest.mark.slow
 def test_a_table_4_run_on_other_data_lands_there_with_its_recipe_flagged(
         collected):
     row, = [r for r in collected['tables']['Table 4']

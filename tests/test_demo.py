@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.slow
+
 METHODS = ('default', 'mpvg')
 SEEDS = (0, 1)
 

@@ -210,6 +210,7 @@ def shapes_image(root, task, shape):
     return torch.from_numpy(img).permute(2, 0, 1)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('config,task,shape', [
     (SEG, 'mmseg', (192, 192)), (DET, 'mmdet', (128, 160))],
     ids=['upernet', 'mask-rcnn'])
@@ -252,6 +253,7 @@ def test_bad_export_arguments_are_refused(tmp_path):
         export_onnx(model, 'mmpretrain', path, (32, ))
 
 
+@pytest.mark.slow
 def test_export_tool_from_a_training_checkpoint(tmp_path):
     model = digits_model('lape')
     ckpt = str(tmp_path / 'lape.pth')

@@ -54,7 +54,10 @@ custom_hooks = [dict(type='DumpRankWeightsHook')]
 
 NUM_TEST_SAMPLES = 101  # tiny_digits_options; odd, so 2 ranks pad one
 
-pytestmark = pytest.mark.usefixtures('one_thread', 'restore_determinism')
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.usefixtures('one_thread', 'restore_determinism')
+]
 
 
 def free_port():

@@ -9,7 +9,10 @@ from downstream import (DET_CONFIG, mask_rcnn_smoke_options,
                         upernet_fp32_config, upernet_smoke_options)
 from test_distributed import kill_and_resume, load_checkpoint
 
-pytestmark = pytest.mark.usefixtures('one_thread', 'restore_determinism')
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.usefixtures('one_thread', 'restore_determinism')
+]
 
 # 4 training images in batches of 2: 2 iterations an epoch.
 RUNS = {

@@ -14,7 +14,10 @@ import pytest
 from downstream import (DET_CONFIG, mask_rcnn_smoke_options,
                         upernet_fp32_config, upernet_smoke_options)
 
-pytestmark = pytest.mark.usefixtures('one_thread')
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.usefixtures('one_thread')
+]
 
 
 def train_then_test(make_runner, train_tool, test_tool, config, options,
@@ -38,7 +41,7 @@ def test_mask_rcnn_vit_adapter_trains_and_evaluates_on_coco_format(
     backbone = runner.model.backbone
     assert type(backbone).__name__ == 'ViTAdapter'
     # ViT-Adapter's structure: no Last LN (nor MPVG's LN'').
-    assert backbone.pe.method == 'mpvg' and backbone.last_norm is None
+    assert backbone.pe.method == 'mpvg' and backbone.ln1 is None
     assert backbone.vit_feature_source == 'last'
     assert runner.iter == 2 and math.isfinite(loss)
     for key in ('coco/bbox_mAP', 'coco/bbox_mAP_50', 'coco/segm_mAP'):

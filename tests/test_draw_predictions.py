@@ -36,6 +36,7 @@ def check_figure(figure, out, first_image, height, width):
     assert np.abs(gt_half - first_image).mean() > 1
 
 
+@pytest.mark.slow
 def test_draw_mask_rcnn_predictions(tmp_path, draw_tool):
     root = str(tmp_path / 'coco')
     make_coco_shapes(root, splits=(('val', 3), ), size=(64, 64))
@@ -49,6 +50,7 @@ def test_draw_mask_rcnn_predictions(tmp_path, draw_tool):
     check_figure(figure, out, first, 64, 64)
 
 
+@pytest.mark.slow
 def test_draw_upernet_predictions(tmp_path, draw_tool):
     root = str(tmp_path / 'ade')
     make_ade20k_shapes(root, splits=(('validation', 3), ))
@@ -63,6 +65,7 @@ def test_draw_upernet_predictions(tmp_path, draw_tool):
     check_figure(figure, out, first, 96, 128)
 
 
+@pytest.mark.slow
 def test_draw_loads_every_weight_of_any_detector(tmp_path, draw_tool):
     """The ResNet-18 control has no PE backbone: drawing needs the whole
     model's weights, and a checkpoint that lacks one is refused by name."""

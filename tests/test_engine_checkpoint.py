@@ -12,7 +12,10 @@ from mmengine.logging import HistoryBuffer
 
 from mmmpvg.engine import UnsafeCheckpointError, mmengine_checkpoint_globals
 
-pytestmark = pytest.mark.usefixtures('one_thread', 'restore_determinism')
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.usefixtures('one_thread', 'restore_determinism')
+]
 
 NO_AUGMENTATION = """\
 _base_ = {base!r}

@@ -78,6 +78,7 @@ def eval_output(model, images):
         return model(images)[-1]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name', sorted(BACKBONES))
 def test_backbone_compiles_into_one_graph_in_train_and_eval(name):
     model = build(name)
@@ -100,6 +101,7 @@ def test_backbone_compiles_into_one_graph_in_train_and_eval(name):
     assert counter.frame_count == 2  # train (grad) and eval (no grad)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name', ['vit-mpvg', 'swin-mpvg'])
 def test_optimizer_step_reaches_the_compiled_eval_without_recompiling(name):
     model = build(name)
@@ -129,6 +131,7 @@ def test_optimizer_step_reaches_the_compiled_eval_without_recompiling(name):
     assert not torch.allclose(changed, after, atol=1e-2)
 
 
+@pytest.mark.slow
 def test_inductor_compiled_eval_matches_eager_after_a_weight_update():
     """The default backend once (eval only: ~25 s here; the train graph
     adds ~40 s). Inductor must read the weights as inputs, not constants."""
@@ -179,6 +182,7 @@ def trained_checkpoint(one_thread, train_tool, make_runner, demo_config,
     return work_dir / 'epoch_5.pth'
 
 
+@pytest.mark.slow
 def test_amp_test_infers_in_bfloat16_with_the_fp32_results(
         make_runner, test_tool, demo_config, trained_checkpoint, tmp_path):
     options = ('test_dataloader.dataset.num_samples=200',
@@ -250,6 +254,7 @@ def sdpa_calls(graph_module):
                for node in graph_module.graph.nodes)
 
 
+@pytest.mark.slow
 def test_compile_option_trains_and_tests_through_the_tools(
         train_tool, test_tool, make_runner, demo_config, tiny_digits_options,
         tmp_path):

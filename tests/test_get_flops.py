@@ -73,6 +73,7 @@ def test_deit_count_equals_the_formula():
     ('vit_adapter/upernet_vit-adapter-ti-default_4xb2-160k_ade20k-512x512.py',
      '64', []),
 ])
+@pytest.mark.slow
 def test_tool_runs_on_every_kind_of_config(config, shape, options):
     out = subprocess.run(
         [sys.executable, 'tools/analysis/get_flops.py',

@@ -59,6 +59,7 @@ def test_classification_inferencer(tmp_path):
 
 
 
+@pytest.mark.slow
 def test_det_inferencer(tmp_path):
     ckpt = str(tmp_path / 'det.pth')
     random_checkpoint(DET, ckpt, dict(classes=SHAPE_CLASSES))
@@ -78,6 +79,7 @@ def test_det_inferencer(tmp_path):
     assert osp.getsize(out['drawing']) > 0
 
 
+@pytest.mark.slow
 def test_seg_inferencer(tmp_path):
     from mmseg.datasets import ADE20KDataset
     ckpt = str(tmp_path / 'seg.pth')

@@ -10,7 +10,6 @@ import sys
 
 import pytest
 import torch
-import torch.nn.functional as F
 from mmengine.config import Config
 from mmengine.logging import HistoryBuffer
 from mmengine.runner.checkpoint import load_checkpoint
@@ -21,6 +20,7 @@ import mmmpvg.models  # noqa: F401
 from mmmpvg.engine import CheckpointMismatchError
 from mmmpvg.models.converters import (convert_deit_state_dict,
                                       read_vit_checkpoint)
+from pe_families import bicubic_reference
 
 pytestmark = pytest.mark.usefixtures('one_thread', 'restore_determinism')
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -48,43 +48,6 @@ def randomised(model, seed=0):
     return model.eval()
 
 
-def bicubic_reference(pos, old, new, extra):
-    """pos_embed resized with a plain F.interpolate, class rows kept."""
-    grid = pos[:, extra:].reshape(1, old, old, -1).permute(0, 3, 1, 2)
-    grid = F.interpolate(grid, size=(new, new), mode='bicubic',
-                         align_corners=False)
-    return torch.cat([pos[:, :extra], grid.flatten(2).transpose(1, 2)], 1)
-
-
-@pytest.fixture
-def saved_classifier(tmp_path):
-    model = randomised(classifier())
-    path = tmp_path / 'pretrained.pth'
-    torch.save(dict(state_dict=model.state_dict()), path)
-    return model, str(path)
-
-
-@pytest.mark.parametrize('form', ['dict', 'list', 'classifier'])
-def test_init_weights_keeps_pretrained_weights(saved_classifier, form):
-    source, path = saved_classifier
-    pretrained = dict(type='Pretrained', checkpoint=path, prefix='backbone.')
-    if form == 'dict':
-        model = classifier(backbone_init=pretrained)
-    elif form == 'list':
-        model = classifier(backbone_init=[
-            pretrained, dict(type='TruncNormal', layer='Linear', std=.02)])
-    else:
-        model = classifier(init_cfg=[
-            dict(type='TruncNormal', layer='Linear', std=.02),
-            dict(type='Pretrained', checkpoint=path)])
-
-    model.init_weights()
-
-    expected = source.backbone.state_dict()
-    for key, value in model.backbone.state_dict().items():
-        assert torch.equal(value, expected[key]), key
-
-
 @pytest.mark.parametrize('global_pool, extra', [('avg', 0), ('cls', 1)])
 @pytest.mark.parametrize('route', ['load_state_dict', 'load_checkpoint',
                                    'Pretrained'])
@@ -94,7 +57,7 @@ def test_pe_of_another_grid_is_resized_on_load(tmp_path, global_pool, extra,
     source = randomised(classifier(32, global_pool, method))
     path = tmp_path / 'grid8.pth'
     torch.save(dict(state_dict=source.state_dict()), path)
-    expected = bicubic_reference(source.backbone.pe.pos_embed, 8, 12, extra)
+    expected = bicubic_reference(source.backbone.pos_embed, 8, 12, extra)
 
     if route == 'load_state_dict':
         model = classifier(48, global_pool, method)
@@ -107,11 +70,11 @@ def test_pe_of_another_grid_is_resized_on_load(tmp_path, global_pool, extra,
             type='Pretrained', checkpoint=str(path), prefix='backbone.'))
         model.init_weights()
 
-    assert model.backbone.pe.pos_embed.shape == expected.shape
-    torch.testing.assert_close(model.backbone.pe.pos_embed, expected)
+    assert model.backbone.pos_embed.shape == expected.shape
+    torch.testing.assert_close(model.backbone.pos_embed, expected)
     # Everything else loaded unchanged.
     for key, value in source.backbone.state_dict().items():
-        if key != 'pe.pos_embed':
+        if key != 'pos_embed':
             assert torch.equal(model.backbone.state_dict()[key], value), key
 
 
@@ -119,8 +82,8 @@ def test_pe_of_another_pooling_is_refused_by_name():
     gap = randomised(classifier(32, 'avg', 'pvg'))
     cls_model = classifier(32, 'cls', 'lape')
     with pytest.raises(ValueError, match='class-token row'):
-        cls_model.backbone.pe.load_state_dict(gap.backbone.pe.state_dict(),
-                                              strict=False)
+        cls_model.backbone.load_state_dict(gap.backbone.state_dict(),
+                                           strict=False)
 
 
 @pytest.fixture(scope='module')
@@ -136,6 +99,7 @@ def three_epochs(make_runner, train_tool, demo_config, tiny_digits_options,
     return work_dir
 
 
+@pytest.mark.slow
 def test_load_from_at_another_image_size_resizes_and_logs(
         make_runner, train_tool, demo_config, tiny_digits_options,
         three_epochs, tmp_path):
@@ -147,10 +111,11 @@ def test_load_from_at_another_image_size_resizes_and_logs(
     patch = runner.model.backbone.patch_size
     old, new = 32 // patch, 48 // patch
     log = open(f'{runner.log_dir}/{runner.timestamp}.log').read()
-    assert f'Resized backbone.pe.pos_embed from a {old}x{old} to a ' \
+    assert f'Resized backbone.pos_embed from a {old}x{old} to a ' \
         f'{new}x{new} grid' in log
 
 
+@pytest.mark.slow
 def test_resume_at_another_image_size_is_refused(
         make_runner, train_tool, demo_config, tiny_digits_options,
         three_epochs, tmp_path):
@@ -165,6 +130,35 @@ def test_resume_at_another_image_size_is_refused(
     assert open(checkpoint, 'rb').read() == before  # nothing lost
 
 
+def with_earlier_names(checkpoint, path):
+    """The checkpoint as mmmpvg saved it before the backbone contract."""
+    state = torch.load(checkpoint, weights_only=False)
+    state['state_dict'] = {
+        key.replace('backbone.pos_embed', 'backbone.pe.pos_embed').replace(
+            'backbone.ln1.', 'backbone.last_norm.'): value
+        for key, value in state['state_dict'].items()}
+    torch.save(state, path)
+    return path
+
+
+@pytest.mark.slow
+def test_checkpoint_with_earlier_names_loads_but_does_not_resume(
+        make_runner, train_tool, demo_config, tiny_digits_options,
+        three_epochs, tmp_path):
+    old = with_earlier_names(f'{three_epochs}/epoch_1.pth',
+                             tmp_path / 'old.pth')
+    runner = make_runner(train_tool, demo_config, tmp_path / 'resume',
+                         tiny_digits_options, '--resume', old)
+    with pytest.raises(CheckpointMismatchError,
+                       match='earlier parameter names.*load_from='):
+        runner.train()
+    runner = make_runner(train_tool, demo_config, tmp_path / 'load',
+                         (*tiny_digits_options, f'load_from={old}'))
+    runner.train()
+    log = open(f'{runner.log_dir}/{runner.timestamp}.log').read()
+    assert 'renamed 3 key(s) of a checkpoint saved with earlier' in log
+
+
 def copy_run(source, target):
     for name in ('epoch_1.pth', 'epoch_2.pth', 'epoch_3.pth'):
         (target / name).write_bytes((source / name).read_bytes())
@@ -176,6 +170,7 @@ def truncate(path):
     path.write_bytes(data[:len(data) // 2])
 
 
+@pytest.mark.slow
 def test_resume_skips_a_damaged_latest_checkpoint_with_a_warning(
         make_runner, train_tool, demo_config, tiny_digits_options,
         three_epochs, tmp_path):
@@ -192,6 +187,7 @@ def test_resume_skips_a_damaged_latest_checkpoint_with_a_warning(
     assert runner.iter == 12  # the planned end
 
 
+@pytest.mark.slow
 def test_resume_with_only_damaged_checkpoints_stops(
         make_runner, train_tool, demo_config, tiny_digits_options,
         three_epochs, tmp_path):
@@ -292,6 +288,7 @@ def test_official_deit_training_checkpoint_loads_safely(tmp_path):
     ('foreign', 'refusing to unpickle'),
     ('no ema', "has no 'model_ema' entry"),
 ])
+@pytest.mark.slow
 def test_converter_rejects_other_files_in_one_sentence(tmp_path, content,
                                                        message):
     path = tmp_path / 'input.pth'

@@ -12,6 +12,7 @@ from test_distributed import (DIST_CONFIG, NUM_TEST_SAMPLES,
                               predictions, run, run_logs, tool_env)
 
 pytestmark = [
+    pytest.mark.slow,
     pytest.mark.slurm,
     pytest.mark.usefixtures('one_thread', 'restore_determinism'),
 ]

@@ -9,6 +9,8 @@ from mmengine.runner import Runner
 
 import mmmpvg  # noqa: F401
 
+pytestmark = pytest.mark.slow
+
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
 

@@ -92,7 +92,7 @@ def test_vit_layers_receive_the_methods_pe_at_the_feature_grid(method):
     received = {}
     for i, layer in enumerate(model.layers):
         layer.register_forward_pre_hook(
-            lambda m, args, i=i: received.setdefault(i, args[1]))
+            lambda m, args, i=i: received.setdefault(i, args[2]))
     dropout_in = []
     model.drop_after_pos.register_forward_pre_hook(
         lambda m, args: dropout_in.append(args[0]))
@@ -100,7 +100,7 @@ def test_vit_layers_receive_the_methods_pe_at_the_feature_grid(method):
     model(img)
 
     grid = (6, 8)
-    stored = model.pe.pos_embed.reshape(1, 4, 4, -1).permute(0, 3, 1, 2)
+    stored = model.pos_embed.reshape(1, 4, 4, -1).permute(0, 3, 1, 2)
     pos0 = F.interpolate(stored, size=grid, mode='bicubic',
                          align_corners=False).flatten(2).transpose(1, 2)
     tokens = model.patch_embed(img)[0]
@@ -187,10 +187,10 @@ def test_vit_features_reach_the_levels_as_in_the_official_backbones(
     adapter_part = [seen['up'] + c1] + c_maps
     last_layer = seen[('layer', 3)]
     if last_norm:
-        last_layer = model.last_norm(last_layer)
+        last_layer = model.ln1(last_layer)
         if method == 'mpvg':
             last_layer = last_layer + model.pe.last_pos_norm(
-                F.interpolate(model.pe.pos_embed.reshape(1, 4, 4, -1)
+                F.interpolate(model.pos_embed.reshape(1, 4, 4, -1)
                               .permute(0, 3, 1, 2), size=grid,
                               mode='bicubic', align_corners=False)
                 .flatten(2).transpose(1, 2))
@@ -263,8 +263,7 @@ def test_layer_scale_scales_both_branches(window):
     layer.ffn.layers.register_forward_hook(
         lambda m, a, out: branch.__setitem__('ffn', out))
     x, pe = torch.randn(2, 20, 48), torch.randn(1, 20, 48)
-    kwargs = dict(hw_shape=(4, 5)) if window else {}
-    out = layer(x, pe, **kwargs)
+    out = layer(x, (4, 5), pe)
     mid = x + layer.attn.gamma1.weight * branch['attn']
     torch.testing.assert_close(
         out, mid + layer.ffn.gamma2.weight * branch['ffn'])
@@ -329,15 +328,15 @@ def test_zero_padded_window_attention_is_vit_adapters(grid):
     layer.eval()
     h, w = grid
     x, pe = torch.randn(2, h * w, 48), torch.randn(1, h * w, 48)
-    torch.testing.assert_close(layer(x, pe, hw_shape=grid),
+    torch.testing.assert_close(layer(x, grid, pe),
                                official_block(layer, x, pe, h, w, 3),
                                atol=1e-5, rtol=1e-5)
     masked = build(window_attn=True, window_size=3,
                    window_padding='masked').layers[1]
     masked.load_state_dict(layer.state_dict())
     masked.eval()
-    same = torch.allclose(masked(x, pe, hw_shape=grid),
-                          layer(x, pe, hw_shape=grid), atol=1e-5)
+    same = torch.allclose(masked(x, grid, pe),
+                          layer(x, grid, pe), atol=1e-5)
     assert same == (h % 3 == 0 and w % 3 == 0)  # padding makes the change
 
 
@@ -349,12 +348,13 @@ def test_masked_window_attention_is_a_per_window_layer_run():
     model.init_weights()
     layer = model.layers[0]
     layer.eval()
-    plain = PETransformerLayer(48, 3, 96, layer_scale_init_value=1.)
+    plain = PETransformerLayer(48, 3, 96, layer_scale_init_value=1.,
+                               norm_cfg=dict(type='LN', eps=1e-6))
     plain.load_state_dict(layer.state_dict())  # same parameter names
     plain.eval()
     grid = (5, 7)
     x, pe = torch.randn(2, 35, 48), torch.randn(1, 35, 48)
-    out = layer(x, pe, hw_shape=grid)
+    out = layer(x, grid, pe)
 
     x_map, pe_map = x.view(2, 5, 7, 48), pe.view(1, 5, 7, 48)
     expected = torch.empty_like(x_map)
@@ -364,7 +364,7 @@ def test_masked_window_attention_is_a_per_window_layer_run():
             part = x_map[:, rows, cols]
             h, w = part.shape[1:3]
             expected[:, rows, cols] = plain(
-                part.reshape(2, h * w, 48),
+                part.reshape(2, h * w, 48), (h, w),
                 pe_map[:, rows, cols].reshape(1, h * w, 48)).view(2, h, w, 48)
     torch.testing.assert_close(out, expected.view(2, 35, 48), atol=1e-5,
                                rtol=1e-5)
@@ -373,7 +373,7 @@ def test_masked_window_attention_is_a_per_window_layer_run():
                   window_padding='masked').layers[0]
     whole.load_state_dict(layer.state_dict())
     whole.eval()
-    torch.testing.assert_close(whole(x, pe, hw_shape=grid), plain(x, pe),
+    torch.testing.assert_close(whole(x, grid, pe), plain(x, grid, pe),
                                atol=1e-5, rtol=1e-5)
 
 
@@ -390,8 +390,7 @@ def test_window_attention_draws_drop_path_per_image():
         drop.register_forward_hook(
             lambda m, args, out: seen.append((args[0], out)))
     batch = 16
-    layer(torch.randn(batch, 35, 48), torch.randn(1, 35, 48),
-          hw_shape=(5, 7))
+    layer(torch.randn(batch, 35, 48), (5, 7), torch.randn(1, 35, 48))
     for branch, out in seen:
         assert branch.shape[0] == batch  # images, not windows
         dropped = out.flatten(1).eq(0).all(1)
@@ -425,7 +424,7 @@ def test_window_attention_pattern_runs_on_grids_not_divisible_by_window():
 ])
 def test_last_ln_switch(method, switch, has_last_norm, has_pe_term):
     model = build(pe_cfg=dict(method=method), vit_last_norm=switch)
-    assert (model.last_norm is not None) == has_last_norm
+    assert (model.ln1 is not None) == has_last_norm
     assert (model.pe.last_pos_norm is not None) == has_pe_term
     if has_pe_term:
         # MPVG's LN''(pos_0) reaches every output level.
@@ -455,7 +454,7 @@ def test_last_ln_needs_the_vit_feature():
     with pytest.raises(ValueError, match='must be True or False'):
         build(vit_last_norm=None)
     model = build(pe_cfg=dict(method='mpvg'), add_vit_feature=False)
-    assert model.last_norm is None and model.pe.last_pos_norm is None
+    assert model.ln1 is None and model.pe.last_pos_norm is None
 
 
 @pytest.mark.parametrize('method', METHODS)
@@ -568,13 +567,13 @@ def test_init_from_mmpretrain_checkpoint(tmp_path, method, last_norm,
     model.init_weights()
     own = model.state_dict()
     vit_keys = [k for k in own if k.startswith(
-        ('patch_embed.', 'pe.', 'layers.', 'last_norm.'))
+        ('patch_embed.', 'pe.', 'pos_embed', 'layers.', 'ln1.'))
         and 'gamma' not in k]
-    assert vit_keys and any(k.startswith('last_norm.') for k in vit_keys) \
+    assert vit_keys and any(k.startswith('ln1.') for k in vit_keys) \
         == last_norm
     for key in vit_keys:
         expected = state['backbone.' + key]
-        if key == 'pe.pos_embed' and global_pool == 'cls':
+        if key == 'pos_embed' and global_pool == 'cls':
             expected = expected[:, 1:]  # the class token's row is dropped
         torch.testing.assert_close(own[key], expected, msg=key)
     assert not torch.equal(model.level_embed, level_embed)  # adapter init
@@ -606,11 +605,11 @@ def test_classifier_of_another_pretraining_size_is_resized(tmp_path,
 
     model.init_weights()
 
-    pos = classifier.backbone.pe.pos_embed.detach()
+    pos = classifier.backbone.pos_embed.detach()
     grid = pos[:, -4:].reshape(1, 2, 2, -1).permute(0, 3, 1, 2)
     expected = F.interpolate(grid, size=(4, 4), mode='bicubic',
                              align_corners=False).flatten(2).transpose(1, 2)
-    torch.testing.assert_close(model.pe.pos_embed, expected)
+    torch.testing.assert_close(model.pos_embed, expected)
 
 
 def test_adapter_checkpoint_loads_its_gammas(tmp_path):
@@ -655,11 +654,11 @@ def test_mpvg_checkpoint_without_last_ln_drops_it(tmp_path, mmengine_log):
     path = tmp_path / 'classifier.pth'
     save_classifier(path, 'mpvg')
     model = build(pe_cfg=dict(method='mpvg'), init_cfg=pretrained(path))
-    model.init_weights()  # last_norm.* and pe.last_pos_norm.* are skipped
+    model.init_weights()  # ln1.* and pe.last_pos_norm.* are skipped
     message = [r.getMessage() for r in mmengine_log
                if 'ViTAdapter: loaded' in r.getMessage()][0]
-    assert "not used with vit_last_norm off: ['last_norm.bias', " \
-        "'last_norm.weight', 'pe.last_pos_norm.bias', " \
+    assert "not used with vit_last_norm off: ['ln1.bias', " \
+        "'ln1.weight', 'pe.last_pos_norm.bias', " \
         "'pe.last_pos_norm.weight']" in message
 
 
@@ -678,7 +677,7 @@ def test_init_from_timm_deit_through_the_converter(tmp_path):
     timm_state = deit.state_dict()
     torch.testing.assert_close(model.layers[5].attn.qkv.weight,
                                timm_state['blocks.5.attn.qkv.weight'])
-    torch.testing.assert_close(model.pe.pos_embed,
+    torch.testing.assert_close(model.pos_embed,
                                timm_state['pos_embed'][:, 1:])
 
 
@@ -751,7 +750,7 @@ def test_seg_recipe_is_vit_adapters_layer_decay():
     lr = 12e-5
     expected_scale = {
         'backbone.patch_embed.projection.weight': 0.95**13,
-        'backbone.pe.pos_embed': 0.95**13,
+        'backbone.pos_embed': 0.95**13,
         'backbone.layers.0.attn.qkv.weight': 0.95**12,
         'backbone.layers.0.attn.gamma1.weight': 0.95**12,
         'backbone.layers.11.ffn.layers.1.weight': 0.95**1,
@@ -766,7 +765,7 @@ def test_seg_recipe_is_vit_adapters_layer_decay():
     for name, group in groups.items():
         expected_wd = 0.0 if group['params'][0].ndim == 1 else 0.01
         assert group['weight_decay'] == expected_wd, name
-    assert groups['backbone.pe.pos_embed']['weight_decay'] == 0.01
+    assert groups['backbone.pos_embed']['weight_decay'] == 0.01
 
 
 def test_seg_recipe_runs_on_cpu_by_changing_only_the_wrapper_type():
@@ -812,7 +811,7 @@ def test_det_recipe_decays_what_vit_adapters_decays():
     assert decay[named['backbone.spm.stem.0.bn.bias']] == 0.0
     assert decay[named['backbone.layers.0.ln1.weight']] == 0.0
     assert decay[named['backbone.out_norms.0.weight']] == 0.0
-    assert decay[named['backbone.pe.pos_embed']] == 0.0
+    assert decay[named['backbone.pos_embed']] == 0.0
     assert {g['lr'] for g in wrapper.optimizer.param_groups} == {1e-4}
 
 

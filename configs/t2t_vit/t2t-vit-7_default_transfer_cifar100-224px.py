@@ -7,5 +7,5 @@ imagenet_checkpoint = 'work_dirs/t2t-vit-7_default_4xb128_in1k/epoch_310.pth'
 model = dict(
     backbone=dict(
         pe_cfg=dict(method='default'),
-        frozen_parts=['cls_token', 'pe.pos_embed', 'norm'],
+        frozen_parts=['cls_token', 'pos_embed', 'norm'],
         init_cfg=dict(checkpoint=imagenet_checkpoint)))

@@ -9,5 +9,5 @@ model = dict(
         pe_cfg=dict(method='mpvg'),
         with_cls_token=False,
         out_type='avg_featmap',
-        frozen_parts=['pe.pos_embed', 'norm', 'pe.last_pos_norm'],
+        frozen_parts=['pos_embed', 'norm', 'pe.last_pos_norm'],
         init_cfg=dict(checkpoint=imagenet_checkpoint)))

@@ -9,5 +9,5 @@ model = dict(
         pe_cfg=dict(method='pvg'),
         with_cls_token=False,
         out_type='avg_featmap',
-        frozen_parts=['pe.pos_embed', 'norm'],
+        frozen_parts=['pos_embed', 'norm'],
         init_cfg=dict(checkpoint=imagenet_checkpoint)))

@@ -105,17 +105,24 @@ class ConvFFN(BaseModule):
         return self.drop(self.fc2(x))
 
 
-class Injector(BaseModule):
-    """ViT tokens attend to the spatial-prior features:
-    ``x + gamma * attn(norm(x), norm(c))``."""
+class NormedDeformAttention(BaseModule):
+    """Multi-scale deformable attention of normalised queries over
+    normalised features, what the injector and the extractor share.
+
+    Args:
+        embed_dims, num_heads, num_points, num_levels: of the attention.
+        deform_ratio (float): Value-projection width ratio.
+        ln_cfg (dict): The two LayerNorms.
+        msda_backend (str): ``'auto'``, ``'pytorch'`` or ``'compiled'``.
+        with_cp (bool): Gradient checkpointing of the whole module.
+    """
 
     def __init__(self,
                  embed_dims: int,
                  num_heads: int,
                  num_points: int,
-                 num_levels: int = 3,
+                 num_levels: int,
                  deform_ratio: float = 1.0,
-                 init_values: float = 0.,
                  ln_cfg: dict = dict(type='LN', eps=1e-6),
                  msda_backend: str = 'auto',
                  with_cp: bool = False):
@@ -125,43 +132,46 @@ class Injector(BaseModule):
         self.feat_norm = build_norm_layer(ln_cfg, embed_dims)[1]
         self.attn = MSDeformAttn(embed_dims, num_levels, num_heads,
                                  num_points, deform_ratio, msda_backend)
+
+    def attend(self, query: torch.Tensor, ref_points: torch.Tensor,
+               feat: torch.Tensor, feat_shapes: Shapes) -> torch.Tensor:
+        return self.attn(self.query_norm(query), ref_points,
+                         self.feat_norm(feat), feat_shapes)
+
+    def forward(self, query: torch.Tensor, *args) -> torch.Tensor:
+        if self.with_cp and query.requires_grad:
+            return cp.checkpoint(self._forward, query, *args,
+                                 use_reentrant=False)
+        return self._forward(query, *args)
+
+
+class Injector(NormedDeformAttention):
+    """ViT tokens attend to the spatial-prior features:
+    ``x + gamma * attn(norm(x), norm(c))``; ``forward(x, c, ref_points,
+    c_shapes)``. Other arguments: :class:`NormedDeformAttention`."""
+
+    def __init__(self, embed_dims: int, num_heads: int, num_points: int,
+                 num_levels: int = 3, init_values: float = 0., **kwargs):
+        super().__init__(embed_dims, num_heads, num_points, num_levels,
+                         **kwargs)
         self.gamma = nn.Parameter(init_values * torch.ones(embed_dims))
 
     def _forward(self, x, c, ref_points, c_shapes):
-        attn = self.attn(self.query_norm(x), ref_points, self.feat_norm(c),
-                         c_shapes)
-        return x + self.gamma * attn
-
-    def forward(self, x: torch.Tensor, c: torch.Tensor,
-                ref_points: torch.Tensor, c_shapes: Shapes) -> torch.Tensor:
-        if self.with_cp and x.requires_grad:
-            return cp.checkpoint(self._forward, x, c, ref_points, c_shapes,
-                                 use_reentrant=False)
-        return self._forward(x, c, ref_points, c_shapes)
+        return x + self.gamma * self.attend(x, ref_points, c, c_shapes)
 
 
-class Extractor(BaseModule):
+class Extractor(NormedDeformAttention):
     """Spatial-prior features attend to the ViT tokens, then a conv-FFN:
-    ``c = c + attn(norm(c), norm(x)); c = c + drop_path(cffn(norm(c)))``."""
+    ``c = c + attn(norm(c), norm(x)); c = c + drop_path(cffn(norm(c)))``;
+    ``forward(c, x, ref_points, c_shapes, x_shape)``. Other arguments:
+    :class:`NormedDeformAttention`."""
 
-    def __init__(self,
-                 embed_dims: int,
-                 num_heads: int,
-                 num_points: int,
-                 deform_ratio: float = 1.0,
-                 with_cffn: bool = True,
-                 cffn_ratio: float = 0.25,
-                 drop: float = 0.,
-                 drop_path: float = 0.,
-                 ln_cfg: dict = dict(type='LN', eps=1e-6),
-                 msda_backend: str = 'auto',
-                 with_cp: bool = False):
-        super().__init__()
-        self.with_cp = with_cp
-        self.query_norm = build_norm_layer(ln_cfg, embed_dims)[1]
-        self.feat_norm = build_norm_layer(ln_cfg, embed_dims)[1]
-        self.attn = MSDeformAttn(embed_dims, 1, num_heads, num_points,
-                                 deform_ratio, msda_backend)
+    def __init__(self, embed_dims: int, num_heads: int, num_points: int,
+                 with_cffn: bool = True, cffn_ratio: float = 0.25,
+                 drop: float = 0., drop_path: float = 0.,
+                 ln_cfg: dict = dict(type='LN', eps=1e-6), **kwargs):
+        super().__init__(embed_dims, num_heads, num_points, 1,
+                         ln_cfg=ln_cfg, **kwargs)
         if with_cffn:
             self.ffn_norm = build_norm_layer(ln_cfg, embed_dims)[1]
             self.ffn = ConvFFN(embed_dims, int(embed_dims * cffn_ratio), drop)
@@ -171,19 +181,10 @@ class Extractor(BaseModule):
             self.ffn = None
 
     def _forward(self, c, x, ref_points, c_shapes, x_shape):
-        c = c + self.attn(self.query_norm(c), ref_points, self.feat_norm(x),
-                          [x_shape])
+        c = c + self.attend(c, ref_points, x, [x_shape])
         if self.ffn is not None:
             c = c + self.drop_path(self.ffn(self.ffn_norm(c), c_shapes))
         return c
-
-    def forward(self, c: torch.Tensor, x: torch.Tensor,
-                ref_points: torch.Tensor, c_shapes: Shapes,
-                x_shape: Tuple[int, int]) -> torch.Tensor:
-        if self.with_cp and c.requires_grad:
-            return cp.checkpoint(self._forward, c, x, ref_points, c_shapes,
-                                 x_shape, use_reentrant=False)
-        return self._forward(c, x, ref_points, c_shapes, x_shape)
 
 
 class InteractionBlock(BaseModule):

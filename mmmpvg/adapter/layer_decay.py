@@ -3,8 +3,8 @@
 mmpretrain's ``LearningRateDecayOptimWrapperConstructor`` asks the model for
 ``get_layer_depth``; mmpretrain classifiers have it, mmdet detectors and
 mmseg ``EncoderDecoder`` do not. This constructor asks their backbone
-instead (``PEVisionTransformer.get_layer_depth``, inherited by
-``ViTAdapter``): patch embedding and PE depth 0, ViT layer i depth i + 1,
+instead (the backbone contract's ``get_layer_depth``, which ``ViTAdapter``
+has): patch embedding and PE depth 0, ViT layer i depth i + 1,
 everything else (adapter, neck, heads) the last depth, lr scale 1 -- the
 grouping of ViT-Adapter's ``LayerDecayOptimizerConstructor``.
 """

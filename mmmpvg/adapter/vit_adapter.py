@@ -21,7 +21,7 @@ Position embeddings. ViT-Adapter adds the bicubically resized ``pos_embed``
 once before block 0 (and keeps, unused, the class token's row). Here the ViT
 layers receive the PE plan of the chosen method exactly as in
 classification: ``pos_0`` is resized to the feature grid first, then the LN
-chain runs (``PEVisionTransformer.pe(grid)``).
+chain runs (the contract's ``add_input_pe``).
 
 MPVG's Last LN (Eq. 11, ``y = LN(x_L) + LN''(pos_0)``). ViT-Adapter never
 applies the ViT's final norm, and by default (``vit_last_norm=False``)
@@ -53,14 +53,13 @@ from mmengine.runner.checkpoint import CheckpointLoader
 from mmseg.registry import MODELS as MMSEG_MODELS
 
 from mmmpvg.models.backbones.pe_vision_transformer import PEVisionTransformer
-from mmmpvg.models.position_embedding import PE_METHODS
+from mmmpvg.models.pe import LAST_POS_NORM_PREFIX, resolve_pe_cfg
 from .adapter_modules import (InteractionBlock, SpatialPriorModule,
                               maps_to_tokens, reference_points,
                               tokens_to_maps)
 from .ms_deform_attn import MSDeformAttn
 from .window_attention import WINDOW_PADDINGS, WindowMultiheadAttention
 
-VIT_PREFIXES = ('patch_embed.', 'pe.', 'layers.', 'last_norm.')
 LAYER_SCALE_SUFFIXES = ('.attn.gamma1.weight', '.ffn.gamma2.weight')
 VIT_FEATURE_SOURCES = ('last', 'per_interaction')
 # Scale from the ViT grid (1/16) to output levels 1/4, 1/8, 1/16, 1/32.
@@ -186,11 +185,10 @@ class ViTAdapter(PEVisionTransformer):
                              'without the ViT feature the Last LN has no '
                              'output to act on.')
         pe_cfg = dict(pe_cfg or {})
-        knobs = dict(PE_METHODS.get(pe_cfg.get('method', 'default'), {}),
-                     **pe_cfg)
         # Whether the method's classifier has Eq. 11's LN'', also when this
         # adapter does not build it: checked against checkpoints.
-        self.method_has_last_pos_norm = knobs.get('last_norm_pos') is not None
+        self.method_has_last_pos_norm = \
+            resolve_pe_cfg(pe_cfg)['last_norm_pos'] is not None
         if not vit_last_norm:
             # The PE norm of Eq. 11 would be unused: do not build it.
             pe_cfg['last_norm_pos'] = None
@@ -206,7 +204,7 @@ class ViTAdapter(PEVisionTransformer):
         self.pretrained_cfg = pretrained[0] if pretrained else None
         self.layer_scale_init_value = layer_scale_init_value
         if not vit_last_norm:
-            self.last_norm = None
+            setattr(self, self.last_norm_name, None)
 
         flat = [i for first, last in interaction_indexes
                 for i in range(first, last + 1)]
@@ -287,7 +285,7 @@ class ViTAdapter(PEVisionTransformer):
         for m in self.modules():
             if isinstance(m, MSDeformAttn):
                 m.init_weights()
-        trunc_normal_(self.pe.pos_embed, std=.02)
+        self.init_pe_weights()
         nn.init.normal_(self.level_embed)
         if self.init_cfg:
             initialize(self, self.init_cfg)
@@ -313,26 +311,28 @@ class ViTAdapter(PEVisionTransformer):
         if not state:
             raise ValueError(f'No keys start with prefix {prefix!r} in '
                              f'{filename}.')
+        self.upgrade_legacy_keys(state)
+        pos_key, last_norm = self.pos_embed_name, f'{self.last_norm_name}.'
         notes = []
         if 'cls_token' in state:
             # ViT-Adapter drops the class token and its PE row.
             del state['cls_token']
-            if 'pe.pos_embed' in state:
-                state['pe.pos_embed'] = state['pe.pos_embed'][:, 1:]
+            if pos_key in state:
+                state[pos_key] = state[pos_key][:, 1:]
             notes.append('dropped the class token and its PE row')
         term_mismatch = None
-        if 'last_norm.weight' in state:
+        if f'{last_norm}weight' in state:
             # A checkpoint with its Last LN shows whether it had LN''.
-            has_term = any(k.startswith('pe.last_pos_norm.') for k in state)
+            has_term = any(k.startswith(LAST_POS_NORM_PREFIX) for k in state)
             if has_term != self.method_has_last_pos_norm:
                 term_mismatch = (
                     f"the checkpoint {'has' if has_term else 'lacks'} MPVG's "
-                    "Last-LN PE norm (Eq. 11, pe.last_pos_norm), which PE "
-                    f"method {self.pe.method!r} "
+                    f'Last-LN PE norm (Eq. 11, {LAST_POS_NORM_PREFIX}*), '
+                    f'which PE method {self.pe_method!r} '
                     f"{'does not have' if has_term else 'has'}")
         unused = [k for k in state
-                  if (k.startswith('last_norm.') and self.last_norm is None)
-                  or (k.startswith('pe.last_pos_norm.')
+                  if (k.startswith(last_norm) and self.pe_last_norm() is None)
+                  or (k.startswith(LAST_POS_NORM_PREFIX)
                       and self.pe.last_pos_norm is None)]
         if unused:
             notes.append(f'not used with vit_last_norm off: {sorted(unused)}')
@@ -343,8 +343,10 @@ class ViTAdapter(PEVisionTransformer):
         # The ViT must load completely, except for layer-scale gammas that a
         # DeiT / mmpretrain classifier does not have; adapter keys load where
         # present (e.g. from a ViTAdapter checkpoint).
+        vit_prefixes = ('patch_embed.', 'layers.',
+                        last_norm) + self.pe_key_prefixes()
         missing = sorted(k for k in own
-                         if k.startswith(VIT_PREFIXES) and k not in state)
+                         if k.startswith(vit_prefixes) and k not in state)
         gammas = [k for k in missing if k.endswith(LAYER_SCALE_SUFFIXES)]
         if gammas:
             missing = [k for k in missing if k not in gammas]
@@ -356,10 +358,10 @@ class ViTAdapter(PEVisionTransformer):
         mismatched = sorted(
             f'{k}: checkpoint {tuple(state[k].shape)} vs model '
             f'{tuple(own[k].shape)}' for k in set(own) & set(state)
-            if state[k].shape != own[k].shape and k != 'pe.pos_embed')
+            if state[k].shape != own[k].shape and k != pos_key)
         if missing or unexpected or mismatched or term_mismatch:
             lines = [f'Checkpoint {filename} (prefix {prefix!r}) does not fit '
-                     f'this ViT (PE method {self.pe.method!r}, PE norms for '
+                     f'this ViT (PE method {self.pe_method!r}, PE norms for '
                      f'layers {self.pe.layers_with_pe()}).']
             for title, keys in (('missing in checkpoint', missing),
                                 ('unexpected in checkpoint', unexpected),
@@ -368,7 +370,7 @@ class ViTAdapter(PEVisionTransformer):
                     lines.append(f'  {title}: {keys}')
             if term_mismatch:
                 lines.append(f'  {term_mismatch}')
-            if term_mismatch or any(k.startswith('pe.')
+            if term_mismatch or any(k.startswith(self.pe_key_prefixes())
                                     for k in missing + unexpected):
                 lines.append('  The checkpoint was probably trained with '
                              'another PE method: set pe_cfg to match it.')
@@ -383,10 +385,9 @@ class ViTAdapter(PEVisionTransformer):
                    pe: Optional[torch.Tensor],
                    grid: Tuple[int, int]) -> torch.Tensor:
         layer = self.layers[index]
-        kwargs = dict(hw_shape=grid) if self.window_attn[index] else {}
         if self.with_cp and x.requires_grad:
-            return cp.checkpoint(layer, x, pe, use_reentrant=False, **kwargs)
-        return layer(x, pe, **kwargs)
+            return cp.checkpoint(layer, x, grid, pe, use_reentrant=False)
+        return layer(x, grid, pe)
 
     def forward(self, img: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         h, w = img.shape[-2:]
@@ -403,11 +404,7 @@ class ViTAdapter(PEVisionTransformer):
         ])
 
         x, grid = self.embed(img)
-        grid = tuple(grid)
-        plan = self.pe(grid)
-        if plan.to_input is not None:
-            x = x + plan.to_input
-        x = self.drop_after_pos(x)
+        x, plan = self.add_input_pe(x, grid)
 
         x_ref = reference_points([grid], img.device)
         c_ref = reference_points(c_shapes, img.device)
@@ -423,11 +420,9 @@ class ViTAdapter(PEVisionTransformer):
         c2, c3, c4 = tokens_to_maps(c, c_shapes)
         outs = [self.up(c2) + c1, c2, c3, c4]
         if self.add_vit_feature:
-            if self.last_norm is not None:
-                last = self.last_norm(block_tokens[-1])
-                if plan.to_last_norm is not None:
-                    last = last + plan.to_last_norm
-                block_tokens[-1] = last
+            if self.pe_last_norm() is not None:
+                block_tokens[-1] = self.last_norm_with_pe(block_tokens[-1],
+                                                          plan)
             if self.vit_feature_source == 'last':
                 block_tokens = block_tokens[-1:] * len(LEVEL_SCALES)
             for level, (tokens, scale) in enumerate(

@@ -45,6 +45,8 @@ class WindowMultiheadAttention(MultiheadAttention):
             border windows are smaller windows of real tokens only.
         **kwargs: Arguments of :class:`MultiheadAttention`.
     """
+    # The layer passes the token grid (``forward(x, hw_shape)``).
+    needs_hw_shape = True
 
     def __init__(self, *args, window_size: int, window_padding: str = 'zeros',
                  **kwargs):

@@ -5,22 +5,22 @@ own modules see the tensors as the model's forward passes them along, so
 whatever a checkpoint (or a wrapper such as an adapter) does is what gets
 measured.
 
-Hooked boundaries (``l`` counts layers from 0, as ``backbone.layers[l]``;
-for :class:`PESwinTransformer` layer ``l`` is ``backbone.blocks[l]``, the
-blocks of all stages in order, and its ``ln1`` is the block's ``norm1``;
-for :class:`PET2TViT` it is ``backbone.encoder[l]``, the blocks after the
-Tokens-to-Token stem, and the Last LN is ``backbone.norm``):
+What is hooked comes from the backbone contract
+(:class:`~mmmpvg.models.pe.PEBackboneMixin`); ``l`` counts layers from 0
+over all stages, ``backbone.pe_blocks()[l]``:
 
 * ``pe`` (output): the :class:`PEPlan` of the pass and the patch grid.
 * ``layers[l]`` (forward-pre, with kwargs): ``x_l``, the residual stream
-  entering layer ``l``, and the PE handed to it (``None`` where none).
-* ``layers[l].ln1`` (output): ``LN_l(x_l)``, the token term that meets the
-  PE at the attention input ``attn(LN_l(x_l) + pe_l)``.
+  entering layer ``l``, its token grid and the PE handed to it (``None``
+  where none); every PE block is called ``block(x, hw_shape, pe)``.
+* ``layers[l].ln1`` (output): ``LN_l(x_l)``, the output of the block's
+  ``pe_norm``, the token term that meets the PE at the attention input
+  ``attn(LN_l(x_l) + pe_l)``.
 * ``last_norm`` (input and output): ``x_out``, the output of the last layer,
-  and ``LN(x_out)``; ``None`` for a backbone without a Last LN (a
-  ViT-Adapter that does not use it). Swin's is the last stage's norm.
-  CeiT's Last LN normalises the one token the LCA makes, not a token map,
-  so it is not recorded (the per-layer maps, Fig. 4, are).
+  and ``LN(x_out)``; ``None`` for a backbone without a Last LN over the
+  token map (a ViT-Adapter that does not use it; CeiT, whose Last LN
+  normalises the one token the LCA makes, so only its per-layer maps,
+  Fig. 4, are recorded). Swin's is the last stage's norm.
 
 A staged backbone (Swin) has one token grid per stage; each layer's grid is
 recorded and :meth:`ForwardRecord.patch_grid` lays tokens out on the grid
@@ -35,9 +35,10 @@ from typing import List, NamedTuple, Optional, Tuple
 import torch
 import torch.nn as nn
 
-from ..models.backbones import (PECeiT, PESwinTransformer, PET2TViT,
-                                PEVisionTransformer)
-from ..models.position_embedding import PEPlan
+from ..models.pe import PEBackboneMixin, PEPlan, find_pe_backbone
+
+__all__ = ['ForwardRecord', 'PECapture', 'find_pe_backbone', 'pe_layers',
+           'last_norm_of', 'pool_tokens']
 
 
 class ForwardRecord(NamedTuple):
@@ -99,50 +100,17 @@ def _detach(tensor: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
     return None if tensor is None else tensor.detach()
 
 
-# PEVisionTransformer includes its subclass PEViTLite.
-PE_BACKBONES = (PEVisionTransformer, PESwinTransformer, PET2TViT, PECeiT)
-PE_BACKBONE_NAMES = ' / '.join(cls.__name__ for cls in PE_BACKBONES)
-
-
-def find_pe_backbone(model: nn.Module) -> nn.Module:
-    """The one PE backbone (:data:`PE_BACKBONES`) inside ``model``."""
-    found = [m for m in model.modules() if isinstance(m, PE_BACKBONES)]
-    if len(found) != 1:
-        raise ValueError(
-            f'Expected exactly one {PE_BACKBONE_NAMES} '
-            f'in the model, found {len(found)} ({type(model).__name__}); '
-            'the analysis tools read the position embedding of mmmpvg '
-            'backbones.')
-    return found[0]
-
-
-def pe_layers(backbone: nn.Module) -> List[Tuple[nn.Module, nn.Module]]:
+def pe_layers(backbone: PEBackboneMixin
+              ) -> List[Tuple[nn.Module, nn.Module]]:
     """(layer, the norm whose output meets the PE) for every layer."""
-    if isinstance(backbone, PESwinTransformer):
-        return [(block, block.norm1) for block in backbone.blocks]
-    if isinstance(backbone, PET2TViT):
-        return [(layer, layer.ln1) for layer in backbone.encoder]
-    return [(layer, layer.ln1) for layer in backbone.layers]
+    return [(block, block.pe_norm) for block in backbone.pe_blocks()]
 
 
-def last_norm_of(backbone: nn.Module) -> Optional[nn.Module]:
-    """The Last LN (Swin: the last stage's norm, if it is an output; CeiT:
-    none, its Last LN sees only the LCA token)."""
-    if isinstance(backbone, PECeiT):
+def last_norm_of(backbone: PEBackboneMixin) -> Optional[nn.Module]:
+    """The Last LN over the token map, or None (see the module doc)."""
+    if not backbone.last_norm_sees_tokens:
         return None
-    if isinstance(backbone, PESwinTransformer):
-        return getattr(backbone, f'norm{len(backbone.stages) - 1}', None)
-    if isinstance(backbone, PET2TViT):
-        return backbone.norm if backbone.final_norm else None
-    return backbone.last_norm
-
-
-def global_pool_of(backbone: nn.Module) -> str:
-    """How the classifier pools: Swin has no class token (GAP neck), T2T
-    pools as its ``out_type`` says."""
-    if isinstance(backbone, PET2TViT):
-        return 'cls' if backbone.out_type == 'cls_token' else 'avg'
-    return getattr(backbone, 'global_pool', 'avg')
+    return backbone.pe_last_norm()
 
 
 class PECapture:
@@ -156,9 +124,9 @@ class PECapture:
     """
 
     def __init__(self, backbone: nn.Module):
-        if not isinstance(backbone, PE_BACKBONES):
-            raise TypeError(f'PECapture needs one of {PE_BACKBONE_NAMES}, '
-                            f'got {type(backbone).__name__}.')
+        if not isinstance(backbone, PEBackboneMixin):
+            raise TypeError('PECapture needs an mmmpvg PE backbone, got '
+                            f'{type(backbone).__name__}.')
         self.backbone = backbone
         self.layers = pe_layers(backbone)
         self.last_norm = last_norm_of(backbone)
@@ -205,20 +173,16 @@ class PECapture:
 
     def _on_layer(self, index, module, args, kwargs):
         self._check_unset(self._layers[index], f'layers[{index}]')
+        # Every PE block is called block(x, hw_shape, pe).
         x = args[0] if args else kwargs['x']
-        if isinstance(self.backbone, PESwinTransformer):  # (x, hw, pe)
-            grid = tuple(args[1] if len(args) > 1 else kwargs['hw_shape'])
-            pe = args[2] if len(args) > 2 else kwargs.get('pe')
-        else:  # (x, pe) on the patch grid
-            grid = self._pe[1] if self._pe is not None else None
-            pe = args[1] if len(args) > 1 else kwargs.get('pe')
-        if grid is not None:
-            (h, w) = grid
-            tokens = h * w + self.backbone.num_extra_tokens
-            if x.shape[-2] != tokens:
-                raise RuntimeError(
-                    f'layers[{index}] got {x.shape[-2]} tokens, not the '
-                    f'{tokens} of the {h}x{w} patch grid. {WINDOWS}')
+        grid = tuple(args[1] if len(args) > 1 else kwargs['hw_shape'])
+        pe = args[2] if len(args) > 2 else kwargs.get('pe')
+        (h, w) = grid
+        tokens = h * w + self.backbone.num_extra_tokens
+        if x.shape[-2] != tokens:
+            raise RuntimeError(
+                f'layers[{index}] got {x.shape[-2]} tokens, not the '
+                f'{tokens} of the {h}x{w} patch grid. {WINDOWS}')
         self._layers[index] = (x.detach(), _detach(pe), grid)
 
     def _on_ln1(self, index, module, args, output):
@@ -244,13 +208,13 @@ class PECapture:
         plan, grid_size = self._pe
         last_in, last_out = self._last_norm or (None, None)
         backbone = self.backbone
-        layer_grids = [grid or grid_size for _, _, grid in self._layers]
+        layer_grids = [grid for _, _, grid in self._layers]
         record = ForwardRecord(
             plan=plan,
             grid_size=grid_size,
             layer_grids=layer_grids,
             num_extra_tokens=backbone.num_extra_tokens,
-            global_pool=global_pool_of(backbone),
+            global_pool=backbone.global_pool,
             layer_inputs=[x for x, _, _ in self._layers],
             layer_ln1=list(self._ln1),
             layer_pe=[pe for _, pe, _ in self._layers],

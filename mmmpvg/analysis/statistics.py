@@ -25,7 +25,7 @@ import torch
 
 from torch import nn
 
-from .capture import (ForwardRecord, global_pool_of, last_norm_of, pe_layers,
+from .capture import (ForwardRecord, last_norm_of, pe_layers,
                       pool_tokens)
 
 
@@ -193,7 +193,7 @@ def summarize(backbone: nn.Module,
     if before.count:
         norm = last_norm_of(backbone)
         last_norm = LastNormSummary(
-            global_pool=global_pool_of(backbone),
+            global_pool=backbone.global_pool,
             before=before.mean(),
             after=after.mean(),
             pe=_squeeze(first.plan.to_last_norm),
@@ -203,8 +203,8 @@ def summarize(backbone: nn.Module,
             gamma=norm.weight.detach().double().cpu(),
             beta=norm.bias.detach().double().cpu())
     return PESummary(
-        method=backbone.pe.method,
-        global_pool=global_pool_of(backbone),
+        method=backbone.pe_method,
+        global_pool=backbone.global_pool,
         num_extra_tokens=backbone.num_extra_tokens,
         grid_size=first.grid_size,
         num_images=ln1[0].count,

@@ -22,7 +22,7 @@ from mmengine.analysis import FlopAnalyzer
 from mmengine.analysis.jit_handles import get_shape
 
 from ..adapter.ms_deform_attn import MSDeformAttn
-from ..models.position_embedding import fold_pe
+from ..models.pe import fold_pe, pe_backbones
 
 # A bilinear sample reads 4 neighbours (4 multiply-adds per channel);
 # aggregation weights each sample once (1 multiply-add per channel).
@@ -134,9 +134,7 @@ def complexity(model: nn.Module, img: torch.Tensor,
     :func:`mmmpvg.deploy.export_module`) at ``img``, the PE chain folded
     as deployed."""
     model.eval()
-    has_pe = any(type(m).__name__ == 'LayerwisePositionEmbedding'
-                 for m in model.modules())
-    with fold_pe(model, img) if has_pe else torch.no_grad():
+    with fold_pe(model, img) if pe_backbones(model) else torch.no_grad():
         analyzer = _quiet(FlopAnalyzer(model, (img, )))
         # Counted whole by msda_flops instead.
         analyzer.set_op_handle(GRID_SAMPLE_OP, lambda *_: 0)

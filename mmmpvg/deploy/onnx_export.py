@@ -25,7 +25,7 @@ from mmengine.config import Config
 from mmengine.model import revert_sync_batchnorm
 from torch.nn.modules.utils import _pair
 
-from ..models.position_embedding import LayerwisePositionEmbedding, fold_pe
+from ..models.pe import LayerwisePositionEmbedding, fold_pe
 
 TASKS = ('mmpretrain', 'mmdet', 'mmseg')
 EXPORT_PARTS = {
@@ -142,12 +142,7 @@ def fixed_adaptive_pools(graph: nn.Module, img: torch.Tensor):
     hooks = [m.register_forward_pre_hook(
         lambda mod, args: sizes.__setitem__(mod, args[0].shape[-2:]))
         for m in pools]
-    try:
-        with torch.no_grad():
-            graph(img)
-    finally:
-        for hook in hooks:
-            hook.remove()
+    run_hooked(graph, img, hooks)
     swaps = []
     for parent in list(graph.modules()):
         for name, child in parent.named_children():
@@ -228,9 +223,8 @@ def export_onnx(model: nn.Module, task: str, out_file: str,
         if fold:
             stack.enter_context(fold_pe(graph, img))
         else:
-            _clear_pe_caches(graph)
-            # Grad on: the eval cache must not hand the tracer its plan as
-            # constants.
+            # Grad on: the eval plan cache must not hand the tracer its
+            # plan as constants.
             stack.enter_context(torch.enable_grad())
         torch.onnx.export(graph, (img, ), out_file, **export_kwargs)
     return graph
@@ -259,20 +253,20 @@ def layernorm_calls(graph: nn.Module, img: torch.Tensor) -> Counter:
             hooks.append(m.register_forward_hook(leave_pe))
         elif isinstance(m, nn.LayerNorm):
             hooks.append(m.register_forward_hook(count))
-    _clear_pe_caches(graph)
+    run_hooked(graph, img, hooks, grad=True)  # past the eval plan cache
+    return counts
+
+
+def run_hooked(graph: nn.Module, img: torch.Tensor, hooks: list,
+               grad: bool = False):
+    """One forward of ``graph`` on ``img``; the ``hooks`` are removed after
+    it, whatever happens."""
     try:
-        with torch.no_grad():
+        with torch.set_grad_enabled(grad):
             graph(img)
     finally:
         for hook in hooks:
             hook.remove()
-    return counts
-
-
-def _clear_pe_caches(module: nn.Module):
-    for m in module.modules():
-        if isinstance(m, LayerwisePositionEmbedding):
-            m._cache_key = None
 
 
 def _as_tuple(x):

@@ -8,9 +8,10 @@ against the model right after it is read (``after_load_checkpoint``), before
 anything is copied, and refuses it naming every key that does not fit.
 
 What still loads: a position embedding stored at another grid (the PE
-modules resize it, bicubic; not on ``--resume``, where the optimizer state
-would keep the old shape) and, for training from ``load_from``, a checkpoint
-that lacks weights the model has (they keep their initialisation, logged).
+backbones resize it, bicubic; not on ``--resume``, where the optimizer state
+would keep the old shape), a checkpoint saved with earlier parameter names
+(renamed, logged) and, for training from ``load_from``, a checkpoint that
+lacks weights the model has (they keep their initialisation, logged).
 """
 import re
 from typing import Dict, List
@@ -20,10 +21,7 @@ from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 from mmengine.registry import HOOKS
 
-# Tensors a load-time hook resizes to the model's grid.
-RESIZABLE = re.compile(r'(^|\.)(absolute_)?pos_embed$')
-# Parameters that only exist for some PE methods.
-PE_METHOD_KEY = re.compile(r'(^|\.)pe\.(layer_norms|last_pos_norm)\.')
+from ..models.pe import PEKeyFacts, pe_key_facts, upgrade_legacy_keys
 
 
 class CheckpointMismatchError(ValueError):
@@ -32,15 +30,17 @@ class CheckpointMismatchError(ValueError):
 
 def describe_mismatch(model_state: Dict[str, torch.Tensor],
                       checkpoint_state: Dict[str, torch.Tensor],
-                      resuming: bool, require_all: bool) -> List[str]:
+                      resuming: bool, require_all: bool,
+                      facts: PEKeyFacts = PEKeyFacts()) -> List[str]:
     """Lines naming what in ``checkpoint_state`` does not fit the model;
-    empty when it loads as intended."""
+    empty when it loads as intended. ``facts`` are the model's PE keys
+    (:func:`~mmmpvg.models.pe.pe_key_facts`)."""
     problems = []
     shapes = [(k, tuple(checkpoint_state[k].shape), tuple(v.shape))
-              for k, v in model_state.items()
-              if k in checkpoint_state and checkpoint_state[k].shape != v.shape]
-    grid_changes = [s for s in shapes if RESIZABLE.search(s[0])]
-    other_shapes = [s for s in shapes if not RESIZABLE.search(s[0])]
+              for k, v in model_state.items() if k in checkpoint_state
+              and checkpoint_state[k].shape != v.shape]
+    grid_changes = [s for s in shapes if s[0] in facts.resizable]
+    other_shapes = [s for s in shapes if s[0] not in facts.resizable]
     if resuming and grid_changes:
         problems.append(
             'position embedding grid differs: ' + '; '.join(
@@ -49,28 +49,47 @@ def describe_mismatch(model_state: Dict[str, torch.Tensor],
             "checkpoint's shape: resume with the original image size, or "
             'start a new run with load_from=<checkpoint>, which resizes the '
             'position embedding.')
-    if other_shapes:
-        heads = [k for k, _, _ in other_shapes if k.startswith('head.')]
-        problems.append('shape mismatch: ' + '; '.join(
-            f'{k} checkpoint {a} vs model {b}' for k, a, b in other_shapes) +
-            ('. The classification head has another number of classes: to '
-             'fine-tune on a new label set load only the backbone, '
-             "model.backbone.init_cfg=dict(type='Pretrained', "
-             "checkpoint=..., prefix='backbone.')." if heads else '.'))
     unexpected = sorted(set(checkpoint_state) - set(model_state))
     missing = sorted(set(model_state) - set(checkpoint_state))
-    pe_unexpected = [k for k in unexpected if PE_METHOD_KEY.search(k)]
-    pe_missing = [k for k in missing if PE_METHOD_KEY.search(k)]
+    pe_unexpected = [k for k in unexpected
+                     if k.startswith(facts.method_prefixes)]
+    pe_missing = [k for k in missing if k.startswith(facts.method_prefixes)]
+    other_missing = [k for k in missing if k not in pe_missing]
+    other_unexpected = [k for k in unexpected if k not in pe_unexpected]
+    heads = [k for k, _, _ in other_shapes if k.startswith('head.')]
+    body_shapes = [s for s in other_shapes if s[0] not in heads]
+    if body_shapes or other_unexpected or (require_all and other_missing):
+        # Widths or depths differ; the PE keys differ with them.
+        details = [f'{k} checkpoint {a} vs model {b}'
+                   for k, a, b in body_shapes[:3]]
+        for title, keys in (('not in the model', other_unexpected),
+                            ('missing in the checkpoint', other_missing)):
+            if keys:
+                details.append(f'{len(keys)} weights {title}, e.g. '
+                               f'{keys[:3]}')
+        problems.append(
+            'the checkpoint is of another model size (arch): ' +
+            '; '.join(details) + ". Use a config with the checkpoint's "
+            'arch (embed_dims, num_layers), or convert the weights that '
+            'fit.')
+        return problems
+    if heads:
+        problems.append(
+            'shape mismatch: ' + '; '.join(
+                f'{k} checkpoint {a} vs model {b}'
+                for k, a, b in other_shapes) +
+            '. The classification head has another number of classes: to '
+            'fine-tune on a new label set load only the backbone, '
+            "model.backbone.init_cfg=dict(type='Pretrained', "
+            "checkpoint=..., prefix='backbone.').")
     if pe_unexpected or (require_all and pe_missing):
         problems.append(
             'the checkpoint was trained with another PE method: it has '
             f'{pe_unexpected or "none"} that the model lacks and lacks '
             f'{pe_missing or "none"}. Set model.backbone.pe_cfg to the '
-            "checkpoint's method, or convert it with "
-            'tools/model_converters/deit_to_mmmpvg.py.')
+            "checkpoint's method, or convert it with the converter of its "
+            'family in tools/model_converters/.')
     if require_all:
-        other_missing = [k for k in missing if k not in pe_missing]
-        other_unexpected = [k for k in unexpected if k not in pe_unexpected]
         if other_missing:
             problems.append(f'missing in the checkpoint: {other_missing}.')
         if other_unexpected:
@@ -98,11 +117,18 @@ class CheckpointCompatibilityHook(Hook):
         model = runner.model.module if is_model_wrapper(runner.model) \
             else runner.model
         state = checkpoint.get('state_dict', checkpoint)
+        resuming = bool(runner._resume)
+        # In place: the checkpoint then loads under today's names.
+        if upgrade_legacy_keys(model, state) and resuming:
+            raise CheckpointMismatchError(
+                f'Cannot resume from {runner._load_from or runner.work_dir}: '
+                'it was saved with earlier parameter names, and its '
+                'optimizer state follows their order. Start a new run from '
+                'its weights with load_from=<checkpoint> instead.')
         state = {re.sub(r'^module\.', '', k): v for k, v in state.items()
                  if isinstance(v, torch.Tensor)}
-        resuming = bool(runner._resume)
         problems = describe_mismatch(model.state_dict(), state, resuming,
-                                     self.require_all)
+                                     self.require_all, pe_key_facts(model))
         if problems:
             source = runner._load_from or f'the latest in {runner.work_dir}'
             what = 'resume from' if resuming else 'load'

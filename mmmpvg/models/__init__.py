@@ -3,12 +3,13 @@ from .backbones import (PECeiT, PerformerT2TModule, PESwinBlock,
                         PESwinTransformer, PET2TTransformerLayer, PET2TViT,
                         PETransformerLayer, PEVisionTransformer, PEViTLite,
                         TokenPerformer)
-from .position_embedding import (PE_METHODS, LayerwisePositionEmbedding,
-                                 PEPlan, add_pe, fold_pe, resolve_pe_cfg)
+from .pe import (PE_METHODS, LayerwisePositionEmbedding, PEBackboneMixin,
+                 PEPlan, add_pe, find_pe_backbone, fold_pe, resolve_pe_cfg)
 
 __all__ = [
     'PEVisionTransformer', 'PETransformerLayer', 'PESwinTransformer',
     'PESwinBlock', 'PET2TViT', 'PET2TTransformerLayer', 'PerformerT2TModule',
     'TokenPerformer', 'PECeiT', 'PEViTLite', 'LayerwisePositionEmbedding',
-    'PEPlan', 'PE_METHODS', 'add_pe', 'fold_pe', 'resolve_pe_cfg'
+    'PEBackboneMixin', 'PEPlan', 'PE_METHODS', 'add_pe', 'find_pe_backbone',
+    'fold_pe', 'resolve_pe_cfg'
 ]

@@ -1,14 +1,19 @@
 """Convert timm / official / mmpretrain weights to the mmmpvg backbones.
 
+Every converter is a :class:`ConversionTable` (source-name patterns ->
+mmpretrain classifier names, and the few tensors that change shape) run by
+one function, :func:`convert_with_table`. Only names change, except where
+the target structure has no place for a tensor: a class-token checkpoint
+loaded into a GAP model loses its class token and the class row of the PE
+(a sinusoidal table keeps positions 0..N-1, as a freshly built one has);
+PE norms of layers that get no PE in the target method are dropped. Every
+such change is reported, and every converter refuses a key it does not know
+with the same one-line error.
+
 DeiT (timm / official DeiT / official LaPE / mmpretrain ->
 PEVisionTransformer): :func:`read_vit_checkpoint` reads any of those files
 (released weights or training checkpoints, with
-``torch.load(weights_only=True)``) into timm's names;
-:func:`convert_deit_state_dict` maps timm's names onto ours. Only
-names change, except where the target structure has no place for a tensor:
-a class-token checkpoint loaded into a GAP model loses its class token and
-the class row of ``pos_embed``; a LaPE checkpoint loaded into PVG/MPVG loses
-layer 0's PE norm. Every such change is reported.
+``torch.load(weights_only=True)``) into timm's names first.
 
 Swin (timm / official microsoft Swin -> PESwinTransformer, i.e. mmpretrain's
 Swin names): names change, and each PatchMerging's 4C channels are reordered
@@ -16,12 +21,10 @@ from the 2x2 concatenation (x0, x1, x2, x3) to mmcv's ``nn.Unfold`` order.
 
 T2T-ViT (official yitu-opensource Performer T2T-ViT -> PET2TViT, i.e.
 mmpretrain's T2T_ViT names): the stem keeps the official names, the blocks
-take mmpretrain's; the class-token row of the sinusoidal ``pos_embed`` is
-dropped for a GAP target, as for DeiT.
+take mmpretrain's.
 
 CeiT (official coeusguo/ceit -> PECeiT) and ViT-Lite (SHI-Labs
-Compact-Transformers -> PEViTLite): only names change; a GAP target
-(PVG/MPVG) loses the class token and the class row of the PE.
+Compact-Transformers -> PEViTLite): only names change.
 """
 import argparse
 import contextlib
@@ -29,44 +32,55 @@ import math
 import pickle
 import re
 import zipfile
-from typing import Dict, List, Optional, Tuple
+from typing import (Callable, Dict, List, NamedTuple, Optional, Sequence,
+                    Tuple, Union)
 
 import torch
 
 from .backbones.pe_ceit import PECeiT
 from .backbones.pe_swin_transformer import PESwinTransformer
-from .position_embedding import PE_METHODS, resolve_pe_cfg
+from .pe import PE_METHODS, resolve_pe_cfg
 
-# timm / DeiT name -> PEVisionTransformer name (within the backbone)
-_RENAMES = [
-    (r'^patch_embed\.proj\.', 'patch_embed.projection.'),
-    (r'^blocks\.(\d+)\.norm1\.', r'layers.\1.ln1.'),
-    (r'^blocks\.(\d+)\.norm2\.', r'layers.\1.ln2.'),
-    (r'^blocks\.(\d+)\.attn\.', r'layers.\1.attn.'),
-    (r'^blocks\.(\d+)\.mlp\.fc1\.', r'layers.\1.ffn.layers.0.0.'),
-    (r'^blocks\.(\d+)\.mlp\.fc2\.', r'layers.\1.ffn.layers.1.'),
-    (r'^blocks\.(\d+)\.pe_norm\.', r'pe.layer_norms.\1.'),
-    (r'^norm\.', 'last_norm.'),
-    (r'^pos_embed$', 'pe.pos_embed'),
-    (r'^cls_token$', 'cls_token'),
+Tensors = Dict[str, torch.Tensor]
+
+
+# timm / DeiT / LaPE name <-> PEVisionTransformer name; {i} is a layer.
+_DEIT_NAMES = [
+    ('patch_embed.proj.', 'patch_embed.projection.'),
+    ('blocks.{i}.norm1.', 'layers.{i}.ln1.'),
+    ('blocks.{i}.norm2.', 'layers.{i}.ln2.'),
+    ('blocks.{i}.attn.', 'layers.{i}.attn.'),
+    ('blocks.{i}.mlp.fc1.', 'layers.{i}.ffn.layers.0.0.'),
+    ('blocks.{i}.mlp.fc2.', 'layers.{i}.ffn.layers.1.'),
+    ('blocks.{i}.pe_norm.', 'pe.layer_norms.{i}.'),
+    ('norm.', 'ln1.'),
+    ('pos_embed', 'pos_embed'),
+    ('cls_token', 'cls_token'),
 ]
-_DISTILLATION_KEYS = ('dist_token', 'head_dist.weight', 'head_dist.bias')
+# Names of mmmpvg checkpoints from before the backbone contract.
+_DEIT_EARLIER_NAMES = [('norm.', 'last_norm.'), ('pos_embed', 'pe.pos_embed')]
+
+
+def name_renames(pairs, source_prefix: str = '',
+                 target_prefix: str = '') -> List[Tuple[str, str]]:
+    """``(pattern, replacement)`` renames from ``(source, target)`` names:
+    ``{i}`` stands for a layer index, a name ending in '.' for a module
+    (every key under it), any other name for one key."""
+    renames = []
+    for source, target in pairs:
+        pattern = '^' + re.escape(source_prefix + source).replace(
+            re.escape('{i}'), r'(\d+)')
+        renames.append((pattern if source.endswith('.') else pattern + '$',
+                        (target_prefix + target).replace('{i}', r'\1')))
+    return renames
+
 
 # mmpretrain VisionTransformer / mmmpvg PEVisionTransformer classifier name
-# -> timm name
-_FROM_MMPRETRAIN = [
-    (r'^backbone\.patch_embed\.projection\.', 'patch_embed.proj.'),
-    (r'^backbone\.layers\.(\d+)\.ln1\.', r'blocks.\1.norm1.'),
-    (r'^backbone\.layers\.(\d+)\.ln2\.', r'blocks.\1.norm2.'),
-    (r'^backbone\.layers\.(\d+)\.attn\.', r'blocks.\1.attn.'),
-    (r'^backbone\.layers\.(\d+)\.ffn\.layers\.0\.0\.', r'blocks.\1.mlp.fc1.'),
-    (r'^backbone\.layers\.(\d+)\.ffn\.layers\.1\.', r'blocks.\1.mlp.fc2.'),
-    (r'^backbone\.pe\.layer_norms\.(\d+)\.', r'blocks.\1.pe_norm.'),
-    (r'^backbone\.(ln1|last_norm)\.', 'norm.'),
-    (r'^backbone\.(pe\.)?pos_embed$', 'pos_embed'),
-    (r'^backbone\.(cls_token|dist_token)$', r'\1'),
-    (r'^head\.(layers\.head|fc)\.', 'head.'),
-]
+# (today's and earlier) -> timm name
+_FROM_MMPRETRAIN = name_renames(
+    [(mm, timm) for timm, mm in _DEIT_NAMES + _DEIT_EARLIER_NAMES +
+     [('dist_token', 'dist_token')]], source_prefix='backbone.') + [
+         (r'^head\.(layers\.head|fc)\.', 'head.')]
 # What official DeiT / LaPE training checkpoints hold besides tensors.
 TRAINING_CHECKPOINT_GLOBALS = [argparse.Namespace]
 
@@ -198,6 +212,50 @@ def read_vit_checkpoint(path: str,
     return state, kind
 
 
+Rename = Tuple[str, Union[str, Callable[[re.Match], str]]]
+
+
+class ConversionTable(NamedTuple):
+    """How one family's checkpoint maps onto an mmpretrain classifier.
+
+    Args:
+        source: What the checkpoint is, for messages ('an official CeiT').
+        renames: ``(source-key pattern, target key)``, the first match
+            wins; the target is the key in the classifier (``backbone.*``,
+            ``head.*``; ``{head}`` stands for the head's Linear).
+        num_layers: The number of transformer layers the weights have.
+        pos_key: Target key of ``pos_0``.
+        cls_key: Target key of the class token (None: the family has none).
+        sinusoidal_pe: ``pos_0`` is a fixed table indexed by position.
+        reshapes: ``(target-key pattern, function)`` for tensors whose
+            layout differs.
+        ignored: Source keys dropped silently (buffers rebuilt per input).
+        dropped: ``{source key: why}`` for tensors the target has no
+            place for.
+        preset_overrides: The family's PE presets.
+    """
+    source: str
+    renames: Sequence[Rename]
+    num_layers: Callable[[Tensors], int]
+    pos_key: str = 'backbone.pos_embed'
+    cls_key: Optional[str] = 'backbone.cls_token'
+    sinusoidal_pe: bool = False
+    reshapes: Sequence[Tuple[str, Callable]] = ()
+    ignored: str = r'$^'
+    dropped: Dict[str, str] = {}
+    preset_overrides: Dict[str, dict] = {}
+
+
+def count_layers(pattern: str) -> Callable[[Tensors], int]:
+    """Layers in a state dict whose layer ``i`` keys match ``pattern``
+    (group 1 is ``i``)."""
+    def count(state_dict: Tensors) -> int:
+        indices = [int(m.group(1)) for k in state_dict
+                   if (m := re.match(pattern, k))]
+        return max(indices) + 1 if indices else 0
+    return count
+
+
 def _num_prefix_tokens(pos_embed: torch.Tensor) -> int:
     rows = pos_embed.shape[1]
     for extra in (0, 1, 2):
@@ -208,100 +266,145 @@ def _num_prefix_tokens(pos_embed: torch.Tensor) -> int:
                      'plus 0-2 extra tokens.')
 
 
-def convert_deit_state_dict(
-        state_dict: Dict[str, torch.Tensor],
-        pe_cfg: Optional[dict],
-        global_pool: str,
-        head_key: str = 'head.layers.head',
-) -> Tuple[Dict[str, torch.Tensor], List[str]]:
-    """Map a timm/DeiT/LaPE ``state_dict`` onto an mmpretrain classifier.
-
-    Args:
-        state_dict: Source weights (timm names; ``model`` already unwrapped).
-        pe_cfg: Target PE config, e.g. ``dict(method='mpvg')``.
-        global_pool: Target pooling, ``'cls'`` or ``'avg'``.
-        head_key: Where the classifier's Linear lives in the mmpretrain
-            model (``head.layers.head`` for VisionTransformerClsHead,
-            ``head.fc`` for LinearClsHead).
-
-    Returns:
-        The converted state dict (``backbone.*`` and ``head_key.*``) and the
-        notes on what was dropped or left at initialisation.
-    """
-    notes = []
-    depth = 1 + max(int(m.group(1)) for k in state_dict
-                    if (m := re.match(r'blocks\.(\d+)\.', k)))
-    knobs = resolve_pe_cfg(pe_cfg, depth, with_cls_token=global_pool == 'cls')
-    first = 0 if knobs['include_layer0'] else 1
-    target_pe_layers = set(range(first, depth)) if knobs['layerwise'] else set()
-
-    source_extra = _num_prefix_tokens(state_dict['pos_embed'])
-    target_extra = 1 if global_pool == 'cls' else 0
+def _fit_extra_tokens(converted: Tensors, table: ConversionTable,
+                      with_cls_token: bool, notes: List[str]):
+    """Drop the class (and distillation) token rows a GAP target lacks."""
+    pos = converted.get(table.pos_key)
+    if pos is None:
+        return
+    source_extra = _num_prefix_tokens(pos)
+    target_extra = int(with_cls_token)
     if source_extra < target_extra:
         raise ValueError('The checkpoint has no class token, so it cannot '
-                         "initialise a global_pool='cls' model.")
+                         'initialise a model with a class token '
+                         "(global_pool='cls').")
+    if table.cls_key in converted and not with_cls_token:
+        del converted[table.cls_key]
+        notes.append('dropped cls_token: the target uses global average '
+                     'pooling')
+    surplus = source_extra - target_extra
+    if not surplus:
+        return
+    if table.sinusoidal_pe:  # positions 0..N-1, as a fresh table has
+        converted[table.pos_key] = pos[:, :pos.shape[1] - surplus]
+    else:
+        converted[table.pos_key] = torch.cat(
+            [pos[:, :target_extra], pos[:, source_extra:]], dim=1)
+    notes.append(f'{table.pos_key}: dropped {surplus} extra-token row(s) '
+                 '(class/distillation) to match the target')
 
-    converted = {}
-    for key, value in state_dict.items():
-        if key in _DISTILLATION_KEYS:
-            notes.append(f'dropped {key}: distillation token/head have no '
-                         'place in this model')
+
+def _fit_pe_norms(converted: Tensors, knobs: dict, num_layers: int,
+                  notes: List[str]):
+    """Drop PE norms of layers the target method feeds no PE; report the
+    norms the checkpoint lacks (left at initialisation)."""
+    first = 0 if knobs['include_layer0'] else 1
+    target = set(range(first, num_layers)) if knobs['layerwise'] else set()
+    present = set()
+    for key in list(converted):
+        match = re.match(r'backbone\.pe\.layer_norms\.(\d+)\.', key)
+        if not match:
             continue
-        if key.startswith('head.'):
-            converted[head_key + key[len('head'):]] = value
-            continue
-        if key == 'cls_token' and target_extra == 0:
-            notes.append('dropped cls_token: the target uses global average '
-                         'pooling')
-            continue
-        if key == 'pos_embed' and source_extra != target_extra:
-            value = torch.cat([value[:, :target_extra],
-                               value[:, source_extra:]], dim=1)
-            notes.append(f'pos_embed: dropped {source_extra - target_extra} '
-                         'extra-token row(s) (class/distillation) to match '
-                         'the target')
-        match = re.match(r'blocks\.(\d+)\.pe_norm\.', key)
-        if match and int(match.group(1)) not in target_pe_layers:
-            notes.append(f'dropped {key}: layer {match.group(1)} receives no '
-                         f"PE in method {knobs['method']!r}")
-            continue
-        for pattern, replacement in _RENAMES:
-            new_key, hits = re.subn(pattern, replacement, key)
-            if hits:
-                converted['backbone.' + new_key] = value
-                break
+        layer = int(match.group(1))
+        if layer in target:
+            present.add(layer)
         else:
-            raise KeyError(f'Unexpected key {key!r}: not a timm/DeiT/LaPE '
-                           'vision transformer checkpoint?')
-
-    missing_pe = sorted(layer for layer in target_pe_layers
-                        if f'backbone.pe.layer_norms.{layer}.weight'
-                        not in converted)
-    if missing_pe:
-        notes.append(f"PE norms of layers {missing_pe} are new in method "
+            del converted[key]
+            notes.append(f'dropped {key}: layer {layer} receives no PE in '
+                         f"method {knobs['method']!r}")
+    new = sorted(target - present)
+    if new:
+        span = f'{new[0]}..{new[-1]}' if new == list(
+            range(new[0], new[-1] + 1)) else str(new)
+        notes.append(f'PE norms of layers {span} are new in method '
                      f"{knobs['method']!r}: left at initialisation")
-    if knobs['last_norm_pos'] is not None:
+    if knobs['last_norm_pos'] is not None and \
+            'backbone.pe.last_pos_norm.weight' not in converted:
         notes.append('pe.last_pos_norm (PE term of the Last LN) is new: '
                      'left at initialisation')
+
+
+def convert_with_table(state_dict: Tensors, table: ConversionTable,
+                       pe_cfg: Optional[dict], with_cls_token: bool,
+                       head_key: str) -> Tuple[Tensors, List[str]]:
+    """Map ``state_dict`` onto an mmpretrain classifier by ``table``.
+
+    Args:
+        state_dict: Source weights (unwrapped).
+        table: The family's :class:`ConversionTable`.
+        pe_cfg: Target PE config, e.g. ``dict(method='mpvg')``.
+        with_cls_token: Whether the target has a class token.
+        head_key: Where the classifier's Linear lives in the target model
+            (``head.fc`` for LinearClsHead, ``head.layers.head`` for
+            VisionTransformerClsHead).
+
+    Returns:
+        The converted state dict and the notes on what was dropped or left
+        at initialisation.
+
+    Raises:
+        KeyError: a key the table does not know (another model's weights).
+        ValueError: weights that cannot fit the target.
+    """
+    num_layers = table.num_layers(state_dict)
+    if not num_layers:
+        raise KeyError(f'No transformer layers found: not {table.source} '
+                       'checkpoint?')
+    knobs = resolve_pe_cfg(pe_cfg, table.preset_overrides, num_layers,
+                           with_cls_token and table.cls_key is not None)
+    notes, converted, unknown = [], {}, []
+    for key, value in state_dict.items():
+        if re.match(table.ignored, key):
+            continue
+        if key in table.dropped:
+            notes.append(f'dropped {key}: {table.dropped[key]}')
+            continue
+        for pattern, target in table.renames:
+            match = re.match(pattern, key)
+            if match:
+                name = target(match) if callable(target) else \
+                    match.expand(target)
+                converted[name.replace('{head}', head_key) +
+                          key[match.end():]] = value
+                break
+        else:
+            unknown.append(key)
+    # A missing class token says more than the keys that come with it.
+    _fit_extra_tokens(converted, table, with_cls_token, notes)
+    if unknown:
+        raise KeyError(f'Unexpected key {unknown[0]!r}: not {table.source} '
+                       'checkpoint?')
+    for pattern, reshape in table.reshapes:
+        for key in [k for k in converted if re.match(pattern, k)]:
+            converted[key] = reshape(converted[key])
+    _fit_pe_norms(converted, knobs, num_layers, notes)
     return converted, notes
 
 
-# timm / official Swin name -> PESwinTransformer name (within the backbone)
-_SWIN_RENAMES = [
-    (r'^patch_embed\.proj\.', 'patch_embed.projection.'),
-    (r'^patch_embed\.norm\.', 'patch_embed.norm.'),
-    (r'^absolute_pos_embed$', 'absolute_pos_embed'),
-    (r'^layers\.(\d+)\.blocks\.(\d+)\.(norm[12])\.',
-     r'stages.\1.blocks.\2.\3.'),
-    (r'^layers\.(\d+)\.blocks\.(\d+)\.attn\.',
-     r'stages.\1.blocks.\2.attn.w_msa.'),
-    (r'^layers\.(\d+)\.blocks\.(\d+)\.mlp\.fc1\.',
-     r'stages.\1.blocks.\2.ffn.layers.0.0.'),
-    (r'^layers\.(\d+)\.blocks\.(\d+)\.mlp\.fc2\.',
-     r'stages.\1.blocks.\2.ffn.layers.1.'),
-]
+# ------------------------------------------------------------------- DeiT
+# timm / DeiT / LaPE name -> classifier with PEVisionTransformer
+DEIT_TABLE = ConversionTable(
+    source='a timm/DeiT/LaPE vision transformer',
+    renames=name_renames(_DEIT_NAMES, target_prefix='backbone.') + [
+        (r'^head\.', '{head}.')],
+    num_layers=count_layers(r'blocks\.(\d+)\.'),
+    dropped=dict.fromkeys(
+        ('dist_token', 'head_dist.weight', 'head_dist.bias'),
+        'distillation token/head have no place in this model'))
 
 
+def convert_deit_state_dict(state_dict: Tensors, pe_cfg: Optional[dict],
+                            global_pool: str,
+                            head_key: str = 'head.layers.head'
+                            ) -> Tuple[Tensors, List[str]]:
+    """A timm/DeiT/LaPE ``state_dict`` (timm names, see
+    :func:`read_vit_checkpoint`) for a :class:`PEVisionTransformer` with
+    ``global_pool`` ('cls' or 'avg'); see :func:`convert_with_table`."""
+    return convert_with_table(state_dict, DEIT_TABLE, pe_cfg,
+                              global_pool == 'cls', head_key)
+
+
+# ------------------------------------------------------------------- Swin
 def _unfold_order(merged: torch.Tensor) -> torch.Tensor:
     """PatchMerging's input channels from (x0, x1, x2, x3) x C to mmcv's
     C x (top-left, top-right, bottom-left, bottom-right) order.
@@ -323,105 +426,88 @@ def window_relative_position_index(window: int) -> torch.Tensor:
     return relative[..., 0] * (2 * window - 1) + relative[..., 1]
 
 
-def convert_swin_state_dict(
-        state_dict: Dict[str, torch.Tensor],
-        pe_cfg: Optional[dict],
-        head_key: str = 'head.fc',
-) -> Tuple[Dict[str, torch.Tensor], List[str]]:
-    """Map a timm / official Swin ``state_dict`` onto an mmpretrain classifier
-    with a :class:`PESwinTransformer` backbone.
+def _swin_table(state_dict: Tensors) -> ConversionTable:
+    """timm puts stage s's PatchMerging at the start of stage s + 1
+    (``layers.{s+1}.downsample``), the official code at the end of stage s;
+    both name the final norm ``norm`` (mmpretrain: ``norm{last stage}``)."""
+    stages = {int(m.group(1)) for k in state_dict
+              if (m := re.match(r'layers\.(\d+)\.blocks\.', k))}
+    shift = 0 if 'layers.0.downsample.reduction.weight' in state_dict else 1
+    return ConversionTable(
+        source='a timm/official Swin',
+        renames=[
+            (r'^patch_embed\.proj\.', 'backbone.patch_embed.projection.'),
+            (r'^patch_embed\.norm\.', 'backbone.patch_embed.norm.'),
+            (r'^absolute_pos_embed$', 'backbone.absolute_pos_embed'),
+            (r'^layers\.(\d+)\.blocks\.(\d+)\.(norm[12])\.',
+             r'backbone.stages.\1.blocks.\2.\3.'),
+            (r'^layers\.(\d+)\.blocks\.(\d+)\.attn\.',
+             r'backbone.stages.\1.blocks.\2.attn.w_msa.'),
+            (r'^layers\.(\d+)\.blocks\.(\d+)\.mlp\.fc1\.',
+             r'backbone.stages.\1.blocks.\2.ffn.layers.0.0.'),
+            (r'^layers\.(\d+)\.blocks\.(\d+)\.mlp\.fc2\.',
+             r'backbone.stages.\1.blocks.\2.ffn.layers.1.'),
+            (r'^layers\.(\d+)\.downsample\.',
+             lambda m: f'backbone.stages.{int(m.group(1)) - shift}.'
+             'downsample.'),
+            (r'^norm\.', f'backbone.norm{max(stages, default=0)}.'),
+            (r'^head\.(fc\.)?', '{head}.'),
+        ],
+        num_layers=lambda sd: sum(
+            count_layers(rf'layers\.{s}\.blocks\.(\d+)\.')(sd)
+            for s in stages),
+        pos_key='backbone.absolute_pos_embed',
+        cls_key=None,
+        reshapes=[(r'backbone\.stages\.\d+\.downsample\.', _unfold_order)],
+        ignored=r'.*attn_mask$',
+        preset_overrides=PESwinTransformer.pe_preset_overrides)
 
-    timm puts stage s's PatchMerging at the start of stage s + 1
-    (``layers.{s+1}.downsample``) and names the classifier ``head.fc``; the
-    official code keeps it at the end of stage s (``layers.{s}.downsample``)
-    and names it ``head``. Both are recognised. Attention masks are dropped
-    (mmpretrain builds them per input); ``relative_position_index`` is taken
-    from the checkpoint, or written from the official definition where timm
-    left it out.
 
-    Returns:
-        The converted state dict (``backbone.*`` and ``head_key.*``) and the
-        notes on what was dropped or left at initialisation.
+def convert_swin_state_dict(state_dict: Tensors, pe_cfg: Optional[dict],
+                            head_key: str = 'head.fc'
+                            ) -> Tuple[Tensors, List[str]]:
+    """A timm / official Swin ``state_dict`` for a
+    :class:`PESwinTransformer` classifier.
+
+    Attention masks are dropped (mmpretrain builds them per input);
+    ``relative_position_index`` is taken from the checkpoint, or written
+    from the official definition where timm left it out.
     """
-    notes = []
-    depths = {}
-    for key in state_dict:
-        if (m := re.match(r'layers\.(\d+)\.blocks\.(\d+)\.', key)):
-            stage, block = int(m.group(1)), int(m.group(2))
-            depths[stage] = max(depths.get(stage, 0), block + 1)
-    if not depths:
-        raise KeyError('No layers.<s>.blocks.<b> keys: not a timm/official '
-                       'Swin checkpoint?')
-    num_stages = len(depths)
-    official = 'layers.0.downsample.reduction.weight' in state_dict
-    knobs = resolve_pe_cfg(pe_cfg, sum(depths.values()), False,
-                           PESwinTransformer.PE_PRESET_OVERRIDES)
-
-    converted = {}
-    for key, value in state_dict.items():
-        if key.endswith('attn_mask'):
-            continue
-        if key.startswith('head.'):
-            suffix = key[len('head.fc'):] if key.startswith('head.fc.') \
-                else key[len('head'):]
-            converted[head_key + suffix] = value
-            continue
-        if key.startswith('norm.'):
-            converted[f'backbone.norm{num_stages - 1}.' +
-                      key[len('norm.'):]] = value
-            continue
-        if (m := re.match(r'layers\.(\d+)\.downsample\.(norm|reduction)\.'
-                          r'(weight|bias)$', key)):
-            stage = int(m.group(1)) - (0 if official else 1)
-            converted[f'backbone.stages.{stage}.downsample.{m.group(2)}.'
-                      f'{m.group(3)}'] = _unfold_order(value)
-            continue
-        for pattern, replacement in _SWIN_RENAMES:
-            new_key, hits = re.subn(pattern, replacement, key)
-            if hits:
-                converted['backbone.' + new_key] = value
-                break
-        else:
-            raise KeyError(f'Unexpected key {key!r}: not a timm/official '
-                           'Swin checkpoint?')
-
-    for stage, depth in depths.items():
-        for block in range(depth):
-            prefix = f'backbone.stages.{stage}.blocks.{block}.attn.w_msa.'
-            if prefix + 'relative_position_index' in converted:
-                continue
-            table = converted[prefix + 'relative_position_bias_table']
-            window = (math.isqrt(table.shape[0]) + 1) // 2
-            converted[prefix + 'relative_position_index'] = \
-                window_relative_position_index(window)
+    converted, notes = convert_with_table(
+        state_dict, _swin_table(state_dict), pe_cfg, False, head_key)
+    for key in [k for k in converted
+                if k.endswith('relative_position_bias_table')]:
+        index_key = key.replace('bias_table', 'index')
+        if index_key not in converted:
+            window = (math.isqrt(converted[key].shape[0]) + 1) // 2
+            converted[index_key] = window_relative_position_index(window)
     if 'backbone.absolute_pos_embed' not in converted:
         notes.append('absolute_pos_embed is not in the checkpoint (timm '
                      'builds Swin without it): left at initialisation')
-    if knobs['layerwise']:
-        first = 0 if knobs['include_layer0'] else 1
-        notes.append(f'PE norms of layers {first}..{sum(depths.values()) - 1}'
-                     f" are new in method {knobs['method']!r}: left at "
-                     'initialisation')
-    if knobs['last_norm_pos'] is not None:
-        notes.append('pe.last_pos_norm (PE term of the Last LN) is new: '
-                     'left at initialisation')
     return converted, notes
 
 
-# official T2T-ViT name -> PET2TViT name (within the backbone)
-_T2T_RENAMES = [
-    (r'^tokens_to_token\.(attention[12]\.(w|(kqv|proj|norm1|norm2|mlp\.0|'
-     r'mlp\.2)\.(weight|bias))|project\.(weight|bias))$',
-     r'tokens_to_token.\1'),
-    (r'^blocks\.(\d+)\.norm1\.', r'encoder.\1.ln1.'),
-    (r'^blocks\.(\d+)\.norm2\.', r'encoder.\1.ln2.'),
-    (r'^blocks\.(\d+)\.attn\.(qkv|proj)\.', r'encoder.\1.attn.\2.'),
-    (r'^blocks\.(\d+)\.mlp\.fc1\.', r'encoder.\1.ffn.layers.0.0.'),
-    (r'^blocks\.(\d+)\.mlp\.fc2\.', r'encoder.\1.ffn.layers.1.'),
-    (r'^norm\.', 'norm.'),
-    (r'^pos_embed$', 'pe.pos_embed'),
-    (r'^cls_token$', 'cls_token'),
-]
+# ---------------------------------------------------------------- T2T-ViT
+# official (Performer) T2T-ViT name -> classifier with PET2TViT
+T2T_TABLE = ConversionTable(
+    source='an official (Performer stem) T2T-ViT',
+    renames=[
+        (r'^tokens_to_token\.(attention[12]\.(w$|(kqv|proj|norm1|norm2|'
+         r'mlp\.0|mlp\.2)\.)|project\.)', r'backbone.tokens_to_token.\1'),
+        (r'^blocks\.(\d+)\.norm1\.', r'backbone.encoder.\1.ln1.'),
+        (r'^blocks\.(\d+)\.norm2\.', r'backbone.encoder.\1.ln2.'),
+        (r'^blocks\.(\d+)\.attn\.(qkv|proj)\.',
+         r'backbone.encoder.\1.attn.\2.'),
+        (r'^blocks\.(\d+)\.mlp\.fc1\.',
+         r'backbone.encoder.\1.ffn.layers.0.0.'),
+        (r'^blocks\.(\d+)\.mlp\.fc2\.', r'backbone.encoder.\1.ffn.layers.1.'),
+        (r'^norm\.', 'backbone.norm.'),
+        (r'^pos_embed$', 'backbone.pos_embed'),
+        (r'^cls_token$', 'backbone.cls_token'),
+        (r'^head\.', '{head}.'),
+    ],
+    num_layers=count_layers(r'blocks\.(\d+)\.'),
+    sinusoidal_pe=True)
 
 
 def t2t_checkpoint_weights(checkpoint: dict,
@@ -437,203 +523,89 @@ def t2t_checkpoint_weights(checkpoint: dict,
             for k, v in weights.items()}
 
 
-def convert_t2t_state_dict(
-        state_dict: Dict[str, torch.Tensor],
-        pe_cfg: Optional[dict],
-        with_cls_token: bool = True,
-        head_key: str = 'head.layers.head',
-) -> Tuple[Dict[str, torch.Tensor], List[str]]:
-    """Map an official (Performer) T2T-ViT ``state_dict`` onto an mmpretrain
-    classifier with a :class:`PET2TViT` backbone.
-
-    Args:
-        state_dict: Official weights (see :func:`t2t_checkpoint_weights`).
-        pe_cfg: Target PE config, e.g. ``dict(method='mpvg')``.
-        with_cls_token: Whether the target has a class token (Default and
-            LaPE) or pools globally (PVG and MPVG).
-        head_key: Where the classifier's Linear lives in the mmpretrain
-            model.
-
-    Returns:
-        The converted state dict and the notes on what was dropped or left
-        at initialisation.
-    """
-    notes = []
-    blocks = [int(m.group(1)) for k in state_dict
-              if (m := re.match(r'blocks\.(\d+)\.', k))]
-    if not blocks:
-        raise KeyError('No blocks.<i> keys: not an official T2T-ViT '
-                       'checkpoint?')
+def convert_t2t_state_dict(state_dict: Tensors, pe_cfg: Optional[dict],
+                           with_cls_token: bool = True,
+                           head_key: str = 'head.layers.head'
+                           ) -> Tuple[Tensors, List[str]]:
+    """Official T2T-ViT weights (see :func:`t2t_checkpoint_weights`) for a
+    :class:`PET2TViT` classifier with or without a class token (Default and
+    LaPE, or PVG and MPVG)."""
     if any(k.startswith('tokens_to_token.attention1.attn.')
            for k in state_dict):
         raise KeyError('This is a transformer-stem T2T-ViT_t checkpoint; '
                        'PET2TViT converts the Performer stem only.')
-    knobs = resolve_pe_cfg(pe_cfg, max(blocks) + 1, with_cls_token)
-
-    converted = {}
-    for key, value in state_dict.items():
-        if key.startswith('head.'):
-            converted[head_key + key[len('head'):]] = value
-            continue
-        if key == 'cls_token' and not with_cls_token:
-            notes.append('dropped cls_token: the target uses global average '
-                         'pooling')
-            continue
-        if key == 'pos_embed' and not with_cls_token:
-            value = value[:, 1:]
-            notes.append('pos_embed: dropped the class-token row to match '
-                         'the target')
-        for pattern, replacement in _T2T_RENAMES:
-            new_key, hits = re.subn(pattern, replacement, key)
-            if hits:
-                converted['backbone.' + new_key] = value
-                break
-        else:
-            raise KeyError(f'Unexpected key {key!r}: not an official '
-                           'T2T-ViT checkpoint?')
-    if knobs['layerwise']:
-        first = 0 if knobs['include_layer0'] else 1
-        notes.append(f'PE norms of layers {first}..{max(blocks)} are new in '
-                     f"method {knobs['method']!r}: left at initialisation")
-    if knobs['last_norm_pos'] is not None:
-        notes.append('pe.last_pos_norm (PE term of the Last LN) is new: '
-                     'left at initialisation')
-    return converted, notes
+    return convert_with_table(state_dict, T2T_TABLE, pe_cfg, with_cls_token,
+                              head_key)
 
 
-def _rename_all(state_dict: Dict[str, torch.Tensor], renames, what: str,
-                skip=()) -> Dict[str, torch.Tensor]:
-    converted = {}
-    for key, value in state_dict.items():
-        if key in skip:
-            continue
-        for pattern, replacement in renames:
-            new_key, hits = re.subn(pattern, replacement, key)
-            if hits:
-                converted[new_key] = value
-                break
-        else:
-            raise KeyError(f'Unexpected key {key!r}: not {what} checkpoint?')
-    return converted
+# ------------------------------------------------------------------- CeiT
+# official coeusguo/ceit name -> classifier with PECeiT
+CEIT_TABLE = ConversionTable(
+    source='an official CeiT',
+    renames=[
+        (r'^i2t\.backbone\.(conv|bn)\.', r'backbone.stem.\1.'),
+        (r'^i2t\.proj\.', 'backbone.patch_embed.projection.'),
+        (r'^cls_token$', 'backbone.cls_token'),
+        (r'^pos_embed$', 'backbone.pos_embed'),
+        (r'^blocks\.(\d+)\.norm([12])\.', r'backbone.layers.\1.ln\2.'),
+        (r'^blocks\.(\d+)\.(attn|leff)\.', r'backbone.layers.\1.\2.'),
+        (r'^lca\.norm([12])\.', r'backbone.lca.ln\1.'),
+        (r'^lca\.attn\.', 'backbone.lca.attn.'),
+        (r'^lca\.feedforward\.fc1\.', 'backbone.lca.ffn.layers.0.0.'),
+        (r'^lca\.feedforward\.fc2\.', 'backbone.lca.ffn.layers.1.'),
+        (r'^pos_layer_embed$', 'backbone.pos_layer_embed'),
+        (r'^norm\.', 'backbone.last_norm.'),
+        (r'^head\.', '{head}.'),
+    ],
+    num_layers=lambda sd: count_layers(r'blocks\.(\d+)\.')(sd)
+    if 'pos_layer_embed' in sd else 0,
+    preset_overrides=PECeiT.pe_preset_overrides)
 
 
-def _drop_class_token(converted: Dict[str, torch.Tensor], cls_key: str,
-                      pos_key: str, notes: List[str]):
-    """A class-token checkpoint in a GAP model: no class token, no class
-    row of the PE."""
-    del converted[cls_key]
-    converted[pos_key] = converted[pos_key][:, 1:]
-    notes.append('dropped the class token and the class row of the PE: '
-                  'the target uses global average pooling')
+def convert_ceit_state_dict(state_dict: Tensors, pe_cfg: Optional[dict],
+                            global_pool: str = 'cls',
+                            head_key: str = 'head.fc'
+                            ) -> Tuple[Tensors, List[str]]:
+    """Official CeiT weights (BatchNorm statistics included) for a
+    :class:`PECeiT` classifier with ``global_pool`` 'cls' or 'avg'."""
+    return convert_with_table(state_dict, CEIT_TABLE, pe_cfg,
+                              global_pool == 'cls', head_key)
 
 
-def _new_pe_notes(knobs: dict, num_layers: int) -> List[str]:
-    notes = []
-    if knobs['layerwise']:
-        first = 0 if knobs['include_layer0'] else 1
-        notes.append(f'PE norms of layers {first}..{num_layers - 1} are new '
-                     f"in method {knobs['method']!r}: left at "
-                     'initialisation')
-    if knobs['last_norm_pos'] is not None:
-        notes.append('pe.last_pos_norm (PE term of the Last LN) is new: '
-                     'left at initialisation')
-    return notes
-
-
-# official coeusguo/ceit name -> mmpretrain classifier with PECeiT
-_CEIT_RENAMES = [
-    (r'^i2t\.backbone\.(conv|bn)\.', r'backbone.stem.\1.'),
-    (r'^i2t\.proj\.', 'backbone.patch_embed.projection.'),
-    (r'^cls_token$', 'backbone.cls_token'),
-    (r'^pos_embed$', 'backbone.pe.pos_embed'),
-    (r'^blocks\.(\d+)\.norm([12])\.', r'backbone.layers.\1.ln\2.'),
-    (r'^blocks\.(\d+)\.(attn|leff)\.', r'backbone.layers.\1.\2.'),
-    (r'^lca\.norm([12])\.', r'backbone.lca.ln\1.'),
-    (r'^lca\.attn\.', 'backbone.lca.attn.'),
-    (r'^lca\.feedforward\.fc1\.', 'backbone.lca.ffn.layers.0.0.'),
-    (r'^lca\.feedforward\.fc2\.', 'backbone.lca.ffn.layers.1.'),
-    (r'^pos_layer_embed$', 'backbone.pos_layer_embed'),
-    (r'^norm\.', 'backbone.last_norm.'),
-]
-
-
-def convert_ceit_state_dict(
-        state_dict: Dict[str, torch.Tensor],
-        pe_cfg: Optional[dict],
-        global_pool: str = 'cls',
-        head_key: str = 'head.fc',
-) -> Tuple[Dict[str, torch.Tensor], List[str]]:
-    """Map an official CeiT ``state_dict`` onto an mmpretrain classifier
-    with a :class:`PECeiT` backbone.
-
-    Only names change (BatchNorm statistics included), except that a GAP
-    target (PVG/MPVG) drops the class token and its PE row.
-
-    Returns:
-        The converted state dict (``backbone.*`` and ``head_key.*``) and the
-        notes on what was dropped or left at initialisation.
-    """
-    depth = 1 + max((int(m.group(1)) for k in state_dict
-                     if (m := re.match(r'blocks\.(\d+)\.', k))), default=-1)
-    if depth == 0 or 'pos_layer_embed' not in state_dict:
-        raise KeyError('No blocks.<i> / pos_layer_embed keys: not an '
-                       'official CeiT checkpoint?')
-    knobs = resolve_pe_cfg(pe_cfg, depth, global_pool == 'cls',
-                           PECeiT.PE_PRESET_OVERRIDES)
-    renames = _CEIT_RENAMES + [(r'^head\.', head_key + '.')]
-    converted = _rename_all(state_dict, renames, 'an official CeiT')
-    notes = []
-    if global_pool == 'avg':
-        _drop_class_token(converted, 'backbone.cls_token',
-                          'backbone.pe.pos_embed', notes)
-    return converted, notes + _new_pe_notes(knobs, depth)
-
-
+# --------------------------------------------------------------- ViT-Lite
 # SHI-Labs/Compact-Transformers ViT-Lite name -> classifier with PEViTLite
-_VIT_LITE_RENAMES = [
-    (r'^tokenizer\.conv_layers\.0\.0\.', 'backbone.patch_embed.projection.'),
-    (r'^classifier\.class_emb$', 'backbone.cls_token'),
-    (r'^classifier\.positional_emb$', 'backbone.pe.pos_embed'),
-    (r'^classifier\.blocks\.(\d+)\.pre_norm\.', r'backbone.layers.\1.ln1.'),
-    (r'^classifier\.blocks\.(\d+)\.self_attn\.', r'backbone.layers.\1.attn.'),
-    (r'^classifier\.blocks\.(\d+)\.norm1\.', r'backbone.layers.\1.ln2.'),
-    (r'^classifier\.blocks\.(\d+)\.linear1\.',
-     r'backbone.layers.\1.ffn.layers.0.0.'),
-    (r'^classifier\.blocks\.(\d+)\.linear2\.',
-     r'backbone.layers.\1.ffn.layers.1.'),
-    (r'^classifier\.norm\.', 'backbone.last_norm.'),
-]
+VIT_LITE_TABLE = ConversionTable(
+    source='a Compact-Transformers ViT-Lite',
+    renames=[
+        (r'^tokenizer\.conv_layers\.0\.0\.',
+         'backbone.patch_embed.projection.'),
+        (r'^classifier\.class_emb$', 'backbone.cls_token'),
+        (r'^classifier\.positional_emb$', 'backbone.pos_embed'),
+        (r'^classifier\.blocks\.(\d+)\.pre_norm\.',
+         r'backbone.layers.\1.ln1.'),
+        (r'^classifier\.blocks\.(\d+)\.self_attn\.',
+         r'backbone.layers.\1.attn.'),
+        (r'^classifier\.blocks\.(\d+)\.norm1\.', r'backbone.layers.\1.ln2.'),
+        (r'^classifier\.blocks\.(\d+)\.linear1\.',
+         r'backbone.layers.\1.ffn.layers.0.0.'),
+        (r'^classifier\.blocks\.(\d+)\.linear2\.',
+         r'backbone.layers.\1.ffn.layers.1.'),
+        (r'^classifier\.norm\.', 'backbone.ln1.'),
+        (r'^classifier\.fc\.', '{head}.'),
+    ],
+    num_layers=count_layers(r'classifier\.blocks\.(\d+)\.'))
 
 
-def convert_vit_lite_state_dict(
-        state_dict: Dict[str, torch.Tensor],
-        pe_cfg: Optional[dict],
-        global_pool: str = 'cls',
-        head_key: str = 'head.fc',
-) -> Tuple[Dict[str, torch.Tensor], List[str]]:
-    """Map a Compact-Transformers ViT-Lite ``state_dict`` (``vit_*_*_*``,
-    learnable or sine PE) onto an mmpretrain classifier with a
-    :class:`PEViTLite` backbone.
-
-    A sine-PE checkpoint's table becomes the initial value of the learnable
-    PE. CCT checkpoints (sequence pooling, convolutional tokenizer) have no
-    place here and are refused.
-    """
+def convert_vit_lite_state_dict(state_dict: Tensors, pe_cfg: Optional[dict],
+                                global_pool: str = 'cls',
+                                head_key: str = 'head.fc'
+                                ) -> Tuple[Tensors, List[str]]:
+    """Compact-Transformers ViT-Lite weights (``vit_*_*_*``, learnable or
+    sine PE: a sine table becomes the learnable PE's initial value) for a
+    :class:`PEViTLite` classifier. CCT checkpoints (sequence pooling) have
+    no place here and are refused."""
     if 'classifier.attention_pool.weight' in state_dict:
         raise KeyError('classifier.attention_pool: a CCT (sequence pooling) '
                        'checkpoint, not ViT-Lite.')
-    depth = 1 + max((int(m.group(1)) for k in state_dict
-                     if (m := re.match(r'classifier\.blocks\.(\d+)\.', k))),
-                    default=-1)
-    if depth == 0:
-        raise KeyError('No classifier.blocks.<i> keys: not a '
-                       'Compact-Transformers ViT-Lite checkpoint?')
-    knobs = resolve_pe_cfg(pe_cfg, depth, global_pool == 'cls')
-    renames = _VIT_LITE_RENAMES + [(r'^classifier\.fc\.', head_key + '.')]
-    converted = _rename_all(state_dict, renames,
-                            'a Compact-Transformers ViT-Lite')
-    notes = []
-    if global_pool == 'avg':
-        _drop_class_token(converted, 'backbone.cls_token',
-                          'backbone.pe.pos_embed', notes)
-    return converted, notes + _new_pe_notes(knobs, depth)
+    return convert_with_table(state_dict, VIT_LITE_TABLE, pe_cfg,
+                              global_pool == 'cls', head_key)

@@ -42,7 +42,7 @@ def collect(model, backbone, batches):
     for record, raw in capture_records(model, backbone, batches):
         if record.last_norm_input is None:
             raise ValueError(
-                f'This {backbone.pe.method} backbone has no Last LN over '
+                f'This {backbone.pe_method} backbone has no Last LN over '
                 'the token map (a ViT-Adapter without vit_last_norm; CeiT, '
                 'whose Last LN sees only the LCA token): there is no '
                 'before/after to map.')
@@ -95,11 +95,11 @@ def main(argv=None):
     label = osp.splitext(osp.basename(args.config))[0]
     grid = tuple(images[0]['grids']['before_last_norm'].shape)
     png = plot(images, osp.join(args.out_dir, 'token_norm_maps.png'),
-               f'{label}: method={backbone.pe.method}, token L2 norms on the '
+               f'{label}: method={backbone.pe_method}, token L2 norms on the '
                f'{grid[0]}x{grid[1]} patch grid')
     numbers = dict(
         config=args.config, checkpoint=args.checkpoint,
-        method=backbone.pe.method, grid_size=grid,
+        method=backbone.pe_method, grid_size=grid,
         images=[dict(
             grids=item['grids'],
             mean_norm={k: v.mean().item() for k, v in item['grids'].items()},

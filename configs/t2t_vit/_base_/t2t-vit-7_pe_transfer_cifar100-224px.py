@@ -29,7 +29,7 @@ model = dict(
         # pos_embed (frozen anyway unless pos_source='learnable') and the
         # final norm; MPVG adds its LN'' (a top-level norm like the final
         # one).
-        frozen_parts=['cls_token', 'pe.pos_embed', 'norm'],
+        frozen_parts=['cls_token', 'pos_embed', 'norm'],
         init_cfg=dict(
             type='Pretrained',
             checkpoint=imagenet_checkpoint,

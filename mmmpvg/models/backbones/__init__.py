@@ -1,5 +1,5 @@
 from .pe_t2t_vit import (PerformerT2TModule, PET2TTransformerLayer,
-                          PET2TViT, TokenPerformer)
+                         PET2TViT, TokenPerformer)
 from .pe_ceit import (CeiTLayer, ImageToTokens, LayerwiseClassAttention,
                       LeFF, PECeiT)
 from .pe_swin_transformer import PESwinBlock, PESwinTransformer

@@ -30,12 +30,12 @@ from mmcv.cnn import build_norm_layer
 from mmcv.cnn.bricks.drop import build_dropout
 from mmcv.cnn.bricks.transformer import FFN, PatchEmbed
 from mmengine.model import BaseModule, ModuleList
-from mmengine.model.weight_init import trunc_normal_
 from mmpretrain.models.backbones.base_backbone import BaseBackbone
 from mmpretrain.models.utils import MultiheadAttention, to_2tuple
 from mmpretrain.registry import MODELS
 
-from ..position_embedding import LayerwisePositionEmbedding, add_pe
+from ..pe import PEBackboneMixin, PEBlockMixin, PEStage, add_pe
+from .official_init import init_linears_and_layer_norms
 
 
 class ImageToTokens(BaseModule):
@@ -92,7 +92,7 @@ class LeFF(BaseModule):
         return torch.cat([extra, patches.flatten(2).transpose(1, 2)], dim=1)
 
 
-class CeiTLayer(BaseModule):
+class CeiTLayer(PEBlockMixin, BaseModule):
     """Pre-norm layer with LeFF: ``x + attn(ln1(x) + pe)``, then
     ``x + leff(ln2(x))``."""
 
@@ -123,14 +123,12 @@ class CeiTLayer(BaseModule):
         self.drop_path = build_dropout(
             dict(type='DropPath', drop_prob=drop_path_rate))
 
-    def forward(self, x: torch.Tensor, pe: Optional[torch.Tensor] = None,
-                grid_size: Optional[Tuple[int, int]] = None) -> torch.Tensor:
-        if grid_size is None:
-            raise ValueError('CeiTLayer needs the token grid (h, w): LeFF '
-                             'convolves the tokens on it.')
+    def forward(self, x: torch.Tensor, hw_shape: Tuple[int, int],
+                pe: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``hw_shape``: the token grid, on which LeFF convolves."""
         x = x + self.attn(add_pe(self.ln1(x), pe))
         return x + self.drop_path(
-            self.leff(self.ln2(x), grid_size, self.num_extra_tokens))
+            self.leff(self.ln2(x), hw_shape, self.num_extra_tokens))
 
 
 class LastTokenAttention(MultiheadAttention):
@@ -196,7 +194,7 @@ class LayerwiseClassAttention(BaseModule):
 
 
 @MODELS.register_module()
-class PECeiT(BaseBackbone):
+class PECeiT(PEBackboneMixin, BaseBackbone):
     """CeiT with Default / LaPE / PVG / MPVG position embedding.
 
     Args:
@@ -212,7 +210,7 @@ class PECeiT(BaseBackbone):
             (official CeiT); ``'avg'``: no class token, LCA over the
             per-layer token means (PVG/MPVG).
         pe_cfg (dict): ``dict(method='default'|'lape'|'pvg'|'mpvg', **knobs)``,
-            see :mod:`mmmpvg.models.position_embedding`; PVG and MPVG put a
+            see :mod:`mmmpvg.models.pe.methods`; PVG and MPVG put a
             PE LayerNorm in layer 0 too.
         drop_rate, attn_drop_rate, drop_path_rate (float): Regularisation.
         qkv_bias (bool): Bias in the qkv projections (CeiT: True).
@@ -230,8 +228,12 @@ class PECeiT(BaseBackbone):
             embed_dims=768, num_layers=12, num_heads=12,
             feedforward_channels=3072)),
     }
-    PE_PRESET_OVERRIDES = dict(pvg=dict(include_layer0=True),
+    pe_preset_overrides = dict(pvg=dict(include_layer0=True),
                                mpvg=dict(include_layer0=True))
+    last_norm_name = 'last_norm'
+    # The Last LN normalises the LCA output, one token per image.
+    last_norm_sees_tokens = False
+    embedding_prefixes = ('stem.', 'patch_embed.', 'cls_token')
 
     def __init__(self,
                  arch='ceit-tiny',
@@ -275,14 +277,6 @@ class PECeiT(BaseBackbone):
         self.num_extra_tokens = 1 if global_pool == 'cls' else 0
         self.cls_token = nn.Parameter(torch.zeros(
             1, 1, self.embed_dims)) if global_pool == 'cls' else None
-        self.pe = LayerwisePositionEmbedding(
-            grid_size=grid_size,
-            embed_dims=self.embed_dims,
-            num_layers=self.num_layers,
-            num_extra_tokens=self.num_extra_tokens,
-            pe_cfg=pe_cfg,
-            norm_cfg=norm_cfg,
-            preset_overrides=self.PE_PRESET_OVERRIDES)
         self.drop_after_pos = nn.Dropout(p=drop_rate)
 
         dpr = torch.linspace(0, drop_path_rate, self.num_layers).tolist()
@@ -311,6 +305,10 @@ class PECeiT(BaseBackbone):
         self.pos_layer_embed = nn.Parameter(
             torch.zeros(1, self.num_layers, self.embed_dims))
         self.last_norm = build_norm_layer(norm_cfg, self.embed_dims)[1]
+        self.build_pe(pe_cfg, grid_size, norm_cfg)
+
+    def pe_stages(self):
+        return [PEStage(self.layers, self.embed_dims)]
 
     def _grid_size(self, img_size: Sequence[int]) -> Tuple[int, int]:
         features = [ImageToTokens.output_size(s) for s in img_size]
@@ -322,47 +320,21 @@ class PECeiT(BaseBackbone):
                 f'{4 * self.patch_size}.')
         return tuple(f // self.patch_size for f in features)
 
-    def train(self, mode: bool = True):
-        # mmpretrain's BaseBackbone.train() returns None; nn.Module's
-        # contract (and ``model.eval()`` chains) expect the module itself.
-        super().train(mode)
-        return self
-
-    def init_weights(self):
-        # Own init first: a Pretrained init_cfg loads afterwards and keeps
-        # its weights.
-        if not self._is_init:
-            self._init_as_official()
-        super().init_weights()
-
-    def _init_as_official(self):
-        """Truncated normal linears and PE, unit LayerNorms; convolutions
-        and BN keep PyTorch's defaults."""
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                trunc_normal_(module.weight, std=0.02)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.LayerNorm):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
-        trunc_normal_(self.pe.pos_embed, std=0.02)
-        if self.cls_token is not None:
-            trunc_normal_(self.cls_token, std=0.02)
+    def init_backbone_weights(self):
+        """The official init; convolutions and BN keep PyTorch's defaults
+        (the PE and class token get the contract's)."""
+        init_linears_and_layer_norms(self)
 
     def forward(self, x: torch.Tensor):
         self._grid_size(x.shape[-2:])
         x, grid_size = self.patch_embed(self.stem(x))
         if self.cls_token is not None:
             x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], 1)
-        plan = self.pe(grid_size)
-        if plan.to_input is not None:
-            x = x + plan.to_input
-        x = self.drop_after_pos(x)
+        x, plan = self.add_input_pe(x, grid_size)
 
         layer_tokens = []
         for layer, pe in zip(self.layers, plan.per_layer):
-            x = layer(x, pe, grid_size)
+            x = layer(x, grid_size, pe)
             layer_tokens.append(
                 x[:, 0] if self.cls_token is not None else x.mean(dim=1))
         z = self.lca(torch.stack(layer_tokens, dim=1) + self.pos_layer_embed)
@@ -371,23 +343,3 @@ class PECeiT(BaseBackbone):
             # Eq. 11 after pooling: the PE term pooled like the tokens.
             z = z + plan.to_last_norm.mean(dim=1)
         return (z, )
-
-    def get_layer_depth(self, param_name: str, prefix: str = ''):
-        """Layer depth for mmpretrain's layer-wise lr decay constructor.
-
-        Stem, patch embedding, class token and ``pos_0`` are depth 0, layer
-        i (with the PE norm feeding it) is depth i + 1; the LCA, the Last
-        LN, MPVG's PE norm and the head come last.
-        """
-        num_depths = self.num_layers + 2
-        if not param_name.startswith(prefix):
-            return num_depths - 1, num_depths
-        name = param_name[len(prefix):]
-        if name in ('cls_token', 'pe.pos_embed') or \
-                name.startswith(('stem.', 'patch_embed.')):
-            return 0, num_depths
-        for layer_prefix in ('layers.', 'pe.layer_norms.'):
-            if name.startswith(layer_prefix):
-                layer = int(name[len(layer_prefix):].split('.')[0])
-                return layer + 1, num_depths
-        return num_depths - 1, num_depths

@@ -13,7 +13,7 @@ gives Table 1's counts). MPVG's ``LN''`` (Eq. 11) works on ``pos_0`` carried
 to the last stage's grid and width, added to the last stage's norm output
 before global average pooling.
 """
-from typing import Optional, Sequence
+from typing import List, Optional
 
 import torch
 import torch.utils.checkpoint as cp
@@ -21,11 +21,12 @@ from mmpretrain.models.backbones.swin_transformer import (SwinBlock,
                                                           SwinTransformer)
 from mmpretrain.registry import MODELS
 
-from ..position_embedding import LayerwisePositionEmbedding, add_pe
+from ..pe import PEBackboneMixin, PEBlockMixin, PEStage, add_pe
 
 
-class PESwinBlock(SwinBlock):
+class PESwinBlock(PEBlockMixin, SwinBlock):
     """Swin block with ``attn(norm1(x) + pe)``; no parameters of its own."""
+    pe_norm_name = 'norm1'
 
     def forward(self, x: torch.Tensor, hw_shape,
                 pe: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -42,21 +43,24 @@ class PESwinBlock(SwinBlock):
 
 
 @MODELS.register_module()
-class PESwinTransformer(SwinTransformer):
+class PESwinTransformer(PEBackboneMixin, SwinTransformer):
     """Swin Transformer with Default / LaPE / PVG / MPVG position embedding.
 
     Args:
         pe_cfg (dict): ``dict(method='default'|'lape'|'pvg'|'mpvg', **knobs)``,
-            see :mod:`mmmpvg.models.position_embedding`. For Swin the paper
-            gives PVG and MPVG a PE LayerNorm in layer 0 as well.
+            see :mod:`mmmpvg.models.pe.methods`. For Swin the paper gives PVG
+            and MPVG a PE LayerNorm in layer 0 as well.
         pe_norm_cfg (dict): Config of the PE LayerNorms (Swin's LN, eps 1e-5).
         use_abs_pos_embed (bool): Must stay True: ``absolute_pos_embed`` is
             the PE every method uses.
         **kwargs: :class:`mmpretrain.models.SwinTransformer` arguments
             (``arch``, ``img_size``, ``out_indices``, ``drop_path_rate``...).
     """
-    PE_PRESET_OVERRIDES = dict(pvg=dict(include_layer0=True),
+    pos_embed_name = 'absolute_pos_embed'
+    pe_preset_overrides = dict(pvg=dict(include_layer0=True),
                                mpvg=dict(include_layer0=True))
+    global_pool = 'avg'  # no class token: a GAP neck pools the last stage
+    num_extra_tokens = 0
 
     def __init__(self,
                  pe_cfg: Optional[dict] = None,
@@ -71,21 +75,10 @@ class PESwinTransformer(SwinTransformer):
         super().__init__(use_abs_pos_embed=True, **kwargs)
         # mmpretrain builds SwinBlock by name; PESwinBlock only changes
         # forward, so retyping keeps parameters, names and initialisation.
-        for stage in self.stages:
-            for block in stage.blocks:
-                block.__class__ = PESwinBlock
-        stage_dims = [stage.embed_dims for stage in self.stages]
-        self.pe = LayerwisePositionEmbedding(
-            grid_size=self.patch_resolution,
-            embed_dims=self.embed_dims,
-            num_layers=sum(self.depths),
-            pe_cfg=pe_cfg,
-            norm_cfg=pe_norm_cfg,
-            stage_depths=self.depths,
-            stage_dims=stage_dims,
-            pos_source='external',
-            preset_overrides=self.PE_PRESET_OVERRIDES,
-            interpolate_mode=self.interpolate_mode)
+        for block in self.pe_blocks():
+            block.__class__ = PESwinBlock
+        self.build_pe(pe_cfg, self.patch_resolution, pe_norm_cfg,
+                      interpolate_mode=self.interpolate_mode)
         last_stage = len(self.stages) - 1
         if self.pe.last_pos_norm is not None and \
                 last_stage not in self.out_indices:
@@ -94,6 +87,14 @@ class PESwinTransformer(SwinTransformer):
                 f'(norm{last_stage}, Eq. 11), but out_indices='
                 f'{tuple(self.out_indices)} does not output stage '
                 f'{last_stage}.')
+
+    @property
+    def last_norm_name(self) -> str:
+        return f'norm{len(self.stages) - 1}'
+
+    def pe_stages(self) -> List[PEStage]:
+        return [PEStage(stage.blocks, stage.embed_dims, stage.downsample)
+                for stage in self.stages]
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata,
                               *args, **kwargs):
@@ -128,33 +129,14 @@ class PESwinTransformer(SwinTransformer):
                 for param in norm.parameters():
                     param.requires_grad = False
 
-    def train(self, mode: bool = True):
-        # mmpretrain's Swin.train() returns None; nn.Module's contract (and
-        # ``model.eval()`` chains) expect the module itself.
-        super().train(mode)
-        return self
-
     @property
     def img_size(self):
         """The training image size (h, w) the PE is stored for."""
         return self.patch_embed.init_input_size
 
-    @property
-    def blocks(self) -> Sequence[PESwinBlock]:
-        """All blocks in order: ``blocks[l]`` gets ``plan.per_layer[l]``."""
-        return [block for stage in self.stages for block in stage.blocks]
-
-    @property
-    def downsamples(self):
-        """The stage-boundary PatchMerging modules, shared by the PE."""
-        return [stage.downsample for stage in self.stages[:-1]]
-
     def forward(self, x: torch.Tensor):
         x, hw_shape = self.patch_embed(x)
-        plan = self.pe(hw_shape, self.absolute_pos_embed, self.downsamples)
-        if plan.to_input is not None:
-            x = x + plan.to_input
-        x = self.drop_after_pos(x)
+        x, plan = self.add_input_pe(x, hw_shape)
 
         outs = []
         layer = 0
@@ -166,9 +148,8 @@ class PESwinTransformer(SwinTransformer):
             if stage.downsample is not None and self.out_after_downsample:
                 x, hw_shape = stage.downsample(x, hw_shape)
             if i in self.out_indices:
-                out = getattr(self, f'norm{i}')(x)
-                if i == last_stage and plan.to_last_norm is not None:
-                    out = out + plan.to_last_norm  # Eq. 11
+                out = self.last_norm_with_pe(x, plan) if i == last_stage \
+                    else getattr(self, f'norm{i}')(x)
                 outs.append(
                     out.view(-1, *hw_shape, self.num_features[i]).permute(
                         0, 3, 1, 2).contiguous())
@@ -176,19 +157,3 @@ class PESwinTransformer(SwinTransformer):
                     not self.out_after_downsample:
                 x, hw_shape = stage.downsample(x, hw_shape)
         return tuple(outs)
-
-    def get_layer_depth(self, param_name: str, prefix: str = ''):
-        """Layer depth for mmpretrain's layer-wise lr decay constructor.
-
-        As mmpretrain's Swin (stem 0, block l at l + 1, a PatchMerging with
-        its stage's last block, the rest last), plus the PE: ``pos_0`` is
-        part of the stem and ``LN'_l`` sits with the block it feeds.
-        """
-        depth, num_depths = super().get_layer_depth(param_name, prefix)
-        name = param_name[len(prefix):] if param_name.startswith(prefix) \
-            else None
-        if name == 'absolute_pos_embed':
-            return 0, num_depths
-        if name is not None and name.startswith('pe.layer_norms.'):
-            return int(name.split('.')[2]) + 1, num_depths
-        return depth, num_depths

@@ -10,7 +10,6 @@ layer-wise methods add ``LN'_l(pos_l)`` to ``ln1(x)`` of the main blocks,
 never inside the Tokens-to-Token stem.
 """
 import math
-import re
 from functools import partial
 from typing import Optional, Sequence
 
@@ -18,13 +17,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from mmengine.model import BaseModule
-from mmengine.model.weight_init import trunc_normal_
 from mmpretrain.models.backbones.t2t_vit import (T2T_ViT, T2TModule,
                                                  T2TTransformerLayer)
-from mmpretrain.models.utils import resize_pos_embed, to_2tuple
+from mmpretrain.models.utils import to_2tuple
 from mmpretrain.registry import MODELS
 
-from ..position_embedding import LayerwisePositionEmbedding, add_pe
+from ..pe import PEBackboneMixin, PEBlockMixin, PEStage, add_pe
 
 
 class TokenPerformer(BaseModule):
@@ -129,17 +127,17 @@ def fix_attention_scale(attn: nn.Module, scale: float):
         F.scaled_dot_product_attention, scale=scale)
 
 
-class PET2TTransformerLayer(T2TTransformerLayer):
+class PET2TTransformerLayer(PEBlockMixin, T2TTransformerLayer):
     """T2T block with ``attn(ln1(x) + pe)``; no parameters of its own."""
 
-    def forward(self, x: torch.Tensor,
+    def forward(self, x: torch.Tensor, hw_shape=None,
                 pe: Optional[torch.Tensor] = None) -> torch.Tensor:
         x = x + self.attn(add_pe(self.ln1(x), pe))
         return self.ffn(self.ln2(x), identity=x)
 
 
 @MODELS.register_module()
-class PET2TViT(T2T_ViT):
+class PET2TViT(PEBackboneMixin, T2T_ViT):
     """T2T-ViT with Default / LaPE / PVG / MPVG position embedding.
 
     Args:
@@ -148,7 +146,7 @@ class PET2TViT(T2T_ViT):
             ``embed_dims``, ``num_layers``, ``num_heads`` and
             ``feedforward_channels``.
         pe_cfg (dict): ``dict(method='default'|'lape'|'pvg'|'mpvg', **knobs)``,
-            see :mod:`mmmpvg.models.position_embedding`. PVG and MPVG need
+            see :mod:`mmmpvg.models.pe.methods`. PVG and MPVG need
             ``with_cls_token=False, out_type='avg_featmap'``.
         pos_source (str): ``'sinusoidal'`` (T2T's frozen table, the paper's
             setting) or ``'learnable'``.
@@ -183,6 +181,7 @@ class PET2TViT(T2T_ViT):
     }
     ARCH_KEYS = {'embed_dims', 'num_layers', 'num_heads',
                  'feedforward_channels'}
+    embedding_prefixes = ('tokens_to_token.', 'cls_token')
     # The official initialisation (T2T_ViT._init_weights).
     OFFICIAL_INIT = [
         dict(type='TruncNormal', layer='Linear', std=.02, bias=0.),
@@ -222,6 +221,7 @@ class PET2TViT(T2T_ViT):
             **kwargs)
         # The training image size (h, w) the PE is stored for.
         self.img_size = to_2tuple(kwargs.get('img_size', 224))
+        self.embed_dims = arch['embed_dims']
         if use_performer:
             self.tokens_to_token = PerformerT2TModule(
                 img_size=kwargs.get('img_size', 224),
@@ -239,18 +239,12 @@ class PET2TViT(T2T_ViT):
             layer.__class__ = PET2TTransformerLayer
             fix_attention_scale(layer.attn,
                                 qk_scale or layer.attn.head_dims**-0.5)
-        # The PE lives in self.pe (a parameter, counted as T2T counts it);
-        # mmpretrain's buffer would hold a second copy.
-        del self.pos_embed
-        self.pe = LayerwisePositionEmbedding(
-            grid_size=self.patch_resolution,
-            embed_dims=arch['embed_dims'],
-            num_layers=arch['num_layers'],
-            num_extra_tokens=self.num_extra_tokens,
-            pe_cfg=pe_cfg,
-            norm_cfg=pe_norm_cfg,
-            pos_source=pos_source,
-            interpolate_mode=self.interpolate_mode)
+        self.global_pool = 'cls' if self.out_type == 'cls_token' else 'avg'
+        # The table is a frozen parameter (T2T-ViT counts it), not
+        # mmpretrain's buffer.
+        self.build_pe(pe_cfg, self.patch_resolution, pe_norm_cfg,
+                      pos_source=pos_source,
+                      interpolate_mode=self.interpolate_mode)
         if self.pe.last_pos_norm is not None and not self.final_norm:
             raise ValueError('`last_norm_pos` adds LN\'\'(pos) to the final '
                              'norm (Eq. 11), which needs final_norm=True.')
@@ -259,7 +253,8 @@ class PET2TViT(T2T_ViT):
 
     def _freeze(self, parts: Sequence[str]):
         named = dict(self.named_parameters())
-        for part in parts:
+        renames = self.legacy_key_map()
+        for part in (renames.get(p, p) for p in parts):
             hits = [name for name in named
                     if name == part or name.startswith(part + '.')]
             if not hits:
@@ -268,74 +263,26 @@ class PET2TViT(T2T_ViT):
             for name in hits:
                 named[name].requires_grad = False
 
-    def train(self, mode: bool = True):
-        # mmpretrain's BaseBackbone.train() returns None; nn.Module's
-        # contract (and ``model.eval()`` chains) expect the module itself.
-        super().train(mode)
-        return self
+    @property
+    def last_norm_name(self) -> Optional[str]:
+        return 'norm' if self.final_norm else None
 
-    def init_weights(self):
-        # mmpretrain's T2T_ViT.init_weights assumes a class token.
-        super(T2T_ViT, self).init_weights()
-        if isinstance(self.init_cfg, dict) and \
-                self.init_cfg.get('type') == 'Pretrained':
-            return
-        if self.cls_token is not None:
-            trunc_normal_(self.cls_token, std=.02)
-        if self.pe.pos_source == 'learnable':
-            trunc_normal_(self.pe.pos_embed, std=.02)
-
-    def _prepare_pos_embed(self, state_dict, prefix, *args, **kwargs):
-        """Resize a checkpoint's PE stored for another image size."""
-        name = prefix + 'pe.pos_embed'
-        if name not in state_dict:
-            return
-        stored = state_dict[name]
-        if stored.shape == self.pe.pos_embed.shape:
-            return
-        rows = stored.shape[1] - self.num_extra_tokens
-        side = math.isqrt(rows)
-        if side * side != rows:
-            raise ValueError(
-                f'{name} has {stored.shape[1]} rows: not '
-                f'{self.num_extra_tokens} extra token(s) plus a square grid.')
-        state_dict[name] = resize_pos_embed(
-            stored, to_2tuple(side), self.patch_resolution,
-            self.interpolate_mode, self.num_extra_tokens)
+    def pe_stages(self):
+        return [PEStage(self.encoder, self.embed_dims)]
 
     def forward(self, x: torch.Tensor):
         batch = x.shape[0]
         x, patch_resolution = self.tokens_to_token(x)
         if self.cls_token is not None:
             x = torch.cat((self.cls_token.expand(batch, -1, -1), x), dim=1)
-        plan = self.pe(patch_resolution)
-        if plan.to_input is not None:
-            x = x + plan.to_input
-        x = self.drop_after_pos(x)
+        x, plan = self.add_input_pe(x, patch_resolution)
 
         outs = []
         last = len(self.encoder) - 1
         for i, layer in enumerate(self.encoder):
-            x = layer(x, plan.per_layer[i])
+            x = layer(x, patch_resolution, plan.per_layer[i])
             if i == last and self.final_norm:
-                x = self.norm(x)
-                if plan.to_last_norm is not None:
-                    x = x + plan.to_last_norm  # Eq. 11
+                x = self.last_norm_with_pe(x, plan)
             if i in self.out_indices:
                 outs.append(self._format_output(x, patch_resolution))
         return tuple(outs)
-
-    def get_layer_depth(self, param_name: str, prefix: str = ''):
-        """Layer depth for mmpretrain's layer-wise lr decay constructor:
-        the stem, class token and ``pos_0`` at 0, block ``i`` and its
-        ``LN'_i`` at ``i + 1``, the final norms last."""
-        num_depths = len(self.encoder) + 2
-        if not param_name.startswith(prefix):
-            return num_depths - 1, num_depths
-        name = param_name[len(prefix):]
-        if name.startswith(('tokens_to_token.', 'cls_token', 'pe.pos_embed')):
-            return 0, num_depths
-        block = re.match(r'(?:encoder|pe\.layer_norms)\.(\d+)\.', name)
-        if block:
-            return int(block.group(1)) + 1, num_depths
-        return num_depths - 1, num_depths

@@ -16,10 +16,10 @@ names this model keeps (``pre_norm`` -> ``ln1``, ``norm1`` -> ``ln2``).
 """
 import torch
 import torch.nn as nn
-from mmengine.model.weight_init import trunc_normal_
 from mmpretrain.registry import MODELS
 
-from ..position_embedding import add_pe
+from ..pe import add_pe
+from .official_init import init_linears_and_layer_norms
 from .pe_vision_transformer import PETransformerLayer, PEVisionTransformer
 
 
@@ -27,7 +27,8 @@ class CCTLayer(PETransformerLayer):
     """CCT's layer order (attn, LN on the residual stream, MLP); the same
     parameters as :class:`PETransformerLayer`."""
 
-    def forward(self, x: torch.Tensor, pe=None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, hw_shape=None,
+                pe=None) -> torch.Tensor:
         x = x + self.attn(add_pe(self.ln1(x), pe))
         x = self.ln2(x)
         return self.ffn(x, identity=x)
@@ -48,22 +49,21 @@ class PEViTLite(PEVisionTransformer):
         drop_path_rate (float): 0.1 as in Compact-Transformers.
         qkv_bias (bool): False as in Compact-Transformers.
         norm_cfg (dict): PyTorch's LayerNorm (eps 1e-5) as in the original.
+        pos_embed_init_std (float): 0.2 as in Compact-Transformers.
         **kwargs: Other :class:`PEVisionTransformer` arguments.
     """
     arch_zoo = {
-        **dict.fromkeys(['vit-lite-2', 'vit-2'], dict(
-            embed_dims=128, num_layers=2, num_heads=2,
-            feedforward_channels=128)),
-        **dict.fromkeys(['vit-lite-4', 'vit-4'], dict(
-            embed_dims=128, num_layers=4, num_heads=2,
-            feedforward_channels=128)),
-        **dict.fromkeys(['vit-lite-6', 'vit-6'], dict(
-            embed_dims=256, num_layers=6, num_heads=4,
-            feedforward_channels=512)),
-        **dict.fromkeys(['vit-lite-7', 'vit-7'], dict(
-            embed_dims=256, num_layers=7, num_heads=4,
-            feedforward_channels=512)),
+        name: dict(embed_dims=dims, num_layers=layers, num_heads=heads,
+                   feedforward_channels=hidden)
+        for (dims, layers, heads, hidden), names in {
+            (128, 2, 2, 128): ('vit-lite-2', 'vit-2'),
+            (128, 4, 2, 128): ('vit-lite-4', 'vit-4'),
+            (256, 6, 4, 512): ('vit-lite-6', 'vit-6'),
+            (256, 7, 4, 512): ('vit-lite-7', 'vit-7'),
+        }.items() for name in names
     }
+    layer_class = CCTLayer
+    cls_token_init_std = 0  # Compact-Transformers: zeros
 
     def __init__(self,
                  arch='vit-lite-7',
@@ -74,6 +74,7 @@ class PEViTLite(PEVisionTransformer):
                  drop_path_rate: float = 0.1,
                  qkv_bias: bool = False,
                  norm_cfg: dict = dict(type='LN'),
+                 pos_embed_init_std: float = 0.2,
                  **kwargs):
         super().__init__(
             arch=arch,
@@ -84,33 +85,13 @@ class PEViTLite(PEVisionTransformer):
             drop_path_rate=drop_path_rate,
             qkv_bias=qkv_bias,
             norm_cfg=norm_cfg,
+            pos_embed_init_std=pos_embed_init_std,
             **kwargs)
-        # CCTLayer only changes forward, so retyping keeps parameters,
-        # names and everything the parent built.
-        for layer in self.layers:
-            layer.__class__ = CCTLayer
 
-    def init_weights(self):
-        # Own init first: a Pretrained init_cfg loads afterwards and keeps
-        # its weights. PEVisionTransformer's DeiT init (PE std 0.02) is
-        # skipped.
-        if not self._is_init:
-            self._init_as_official()
-        super(PEVisionTransformer, self).init_weights()
-
-    def _init_as_official(self):
+    def init_backbone_weights(self):
         """Compact-Transformers' initialisation: Kaiming-normal tokenizer
         conv (bias at PyTorch's default), truncated-normal linears with zero
-        biases, unit LayerNorms, PE std 0.2, class token zero."""
+        biases, unit LayerNorms (PE std 0.2, class token zero: the
+        contract's)."""
         nn.init.kaiming_normal_(self.patch_embed.projection.weight)
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                trunc_normal_(module.weight, std=0.02)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.LayerNorm):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
-        trunc_normal_(self.pe.pos_embed, std=0.2)
-        if self.cls_token is not None:
-            nn.init.zeros_(self.cls_token)
+        init_linears_and_layer_norms(self)
