@@ -89,6 +89,7 @@ def test_int8_stays_close_to_fp32(family, method, one_thread):
     assert 0 < relative_error(out, ref) <= INT8_TOL
 
 
+@pytest.mark.slow
 def test_inductor_int8_kernels_compute_the_reference(one_thread):
     """The compiled graph (oneDNN int8 kernels) computes what the reference
     graph computes, at batch sizes it was not built with."""
@@ -159,6 +160,7 @@ def test_int8_classifier_predicts_like_the_model(one_thread):
 
 
 # ------------------------------------------------------------ the tools
+@pytest.mark.slow  # compiles (the default scheme, pt2e)
 def test_test_tool_runs_the_int8_model(make_runner, test_tool, one_thread,
                                        tmp_path):
     """``tools/test.py --int8``: the checkpoint loads, then the test loop
