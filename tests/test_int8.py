@@ -160,7 +160,6 @@ def test_int8_classifier_predicts_like_the_model(one_thread):
 
 
 # ------------------------------------------------------------ the tools
-@pytest.mark.slow  # compiles (the default scheme, pt2e)
 def test_test_tool_runs_the_int8_model(make_runner, test_tool, one_thread,
                                        tmp_path):
     """``tools/test.py --int8``: the checkpoint loads, then the test loop

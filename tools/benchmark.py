@@ -74,7 +74,7 @@ def parse_args(argv=None):
     parser.add_argument(
         '--int8', nargs='*', choices=list(INT8_SCHEMES),
         help='int8 inference schemes timed for our rows on the CPU '
-        '(default: pt2e where CPU inference is timed; none without '
+        '(default: onnxruntime where CPU inference is timed; none without '
         'arguments)')
     parser.add_argument('--no-memory', action='store_true',
                         help='skip the peak-memory pass')
@@ -91,7 +91,7 @@ def parse_args(argv=None):
     if 'fp16' in args.precisions and args.device.type != 'cuda':
         parser.error('fp16 autocast is for CUDA; use bf16 on the CPU.')
     if args.int8 is None:
-        args.int8 = ['pt2e'] if args.device.type == 'cpu' and \
+        args.int8 = ['onnxruntime'] if args.device.type == 'cpu' and \
             'inference' in args.modes else []
     if args.int8 and (args.device.type != 'cpu' or
                       'inference' not in args.modes):
