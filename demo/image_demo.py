@@ -2,25 +2,37 @@
 library's own inferencer and visualizer (mmpretrain, mmdet or mmseg, chosen
 by the config's default_scope).
 
-    python demo/image_demo.py CONFIG CHECKPOINT IMAGE [--out-dir DIR]
+    python demo/image_demo.py CONFIG CHECKPOINT IMAGE [--out-dir DIR] \
+        [--int8 [SCHEME]]
 """
 import argparse
 import os
 import os.path as osp
+from typing import Optional
 
 from mmengine.config import Config
 
 import mmmpvg  # noqa: F401  (safe checkpoint loading)
 from mmmpvg.deploy import model_task
+from mmmpvg.deploy.quantization import (Int8Classifier, add_int8_argument,
+                                        check_int8)
 
 
-def build_inferencer(config: str, checkpoint: str, device: str = 'cpu'):
-    """The library's inferencer for ``config`` (a path) and a checkpoint."""
+def build_inferencer(config: str, checkpoint: str, device: str = 'cpu',
+                     int8: Optional[str] = None):
+    """The library's inferencer for ``config`` (a path) and a checkpoint;
+    ``int8`` (a scheme of mmmpvg.deploy.quantization) runs a classifier's
+    linear layers in int8 on the CPU."""
     task = model_task(Config.fromfile(config))
+    if int8:
+        check_int8(task)
     if task == 'mmpretrain':
         from mmpretrain.apis import ImageClassificationInferencer
-        return ImageClassificationInferencer(
+        inferencer = ImageClassificationInferencer(
             model=config, pretrained=checkpoint, device=device)
+        if int8:
+            inferencer.model = Int8Classifier(inferencer.model, int8)
+        return inferencer
     if task == 'mmdet':
         from mmdet.apis import DetInferencer
         return DetInferencer(model=config, weights=checkpoint, device=device,
@@ -56,8 +68,10 @@ def main():
     parser.add_argument('image')
     parser.add_argument('--out-dir', default='outputs')
     parser.add_argument('--device', default='cpu')
+    add_int8_argument(parser)
     args = parser.parse_args()
-    inferencer = build_inferencer(args.config, args.checkpoint, args.device)
+    inferencer = build_inferencer(args.config, args.checkpoint, args.device,
+                                  args.int8)
     out = draw(inferencer, args.image, args.out_dir)
     print(f"Drew the prediction on {args.image} to {out['drawing']}")
 

@@ -24,8 +24,8 @@ needs_mem_tracker = pytest.mark.skipif(
 def tiny_run(benchmark_tool, tmp_path_factory):
     path = tmp_path_factory.mktemp('bench') / 'out.json'
     benchmark_tool.main(['--batch-size', '2', '--img-size', '32', '--rounds',
-                         '2', '--warmup', '1', '--device', 'cpu', '--json',
-                         str(path)])
+                         '2', '--warmup', '1', '--device', 'cpu', '--int8',
+                         'dynamic', 'onnxruntime', '--json', str(path)])
     return json.loads(path.read_text())
 
 
@@ -35,16 +35,21 @@ def test_every_row_mode_and_precision_measured(benchmark_tool, tiny_run):
     expected = {(row, mode, precision, False)
                 for row in benchmark_tool.ROWS for mode in benchmark_tool.MODES
                 for precision in ('fp32', 'bf16')}
+    # int8 inference for our rows only
+    expected |= {(row, 'inference', f'int8-{scheme}', False)
+                 for row, (library, _, _) in benchmark_tool.ROWS.items()
+                 if library == 'ours' for scheme in ('dynamic', 'onnxruntime')}
     assert measured == expected
     assert len(tiny_run['rows']) == len(expected)
     for r in tiny_run['rows']:
         assert len(r['seconds_per_round']) == 2
         assert r['images_per_s']['min'] > 0
-        assert r['gemm_fraction'] > 0
-        if HAS_MEM_TRACKER:
-            assert r['peak_memory_bytes'] > 0
-        else:
+        int8 = r['precision'].startswith('int8')
+        assert (r['gemm_fraction'] is None) == int8
+        if int8 or not HAS_MEM_TRACKER:
             assert r['peak_memory_bytes'] is None
+        else:
+            assert r['peak_memory_bytes'] > 0
     for precision in ('fp32', 'bf16'):
         assert tiny_run['gemm'][precision]['flops_per_s'] > 0
 
@@ -54,6 +59,9 @@ def test_ratios_are_paired_per_round(tiny_run):
             for r in tiny_run['rows']}
     for (name, mode, precision), r in rows.items():
         for base in ('default-cls', 'default-gap', 'timm', 'mmpretrain'):
+            if (base, mode, precision) not in rows:  # timm has no int8 row
+                assert f'ratio_to_{base}' not in r
+                continue
             base_seconds = rows[base, mode, precision]['seconds_per_round']
             expected = [b / s for s, b in zip(r['seconds_per_round'],
                                               base_seconds)]
@@ -63,6 +71,27 @@ def test_ratios_are_paired_per_round(tiny_run):
             assert ratio['min'] == pytest.approx(min(expected))
             if name == base:
                 assert ratio == dict(median=1.0, min=1.0, max=1.0)
+
+
+def test_inference_rows_paired_with_timm_fp32_eager(tiny_run):
+    timm = next(r for r in tiny_run['rows'] if r['row'] == 'timm' and
+                r['mode'] == 'inference' and r['precision'] == 'fp32')
+    for r in tiny_run['rows']:
+        if r['mode'] != 'inference':
+            assert 'ratio_to_timm_fp32_eager' not in r
+            continue
+        expected = [b / s for s, b in zip(r['seconds_per_round'],
+                                          timm['seconds_per_round'])]
+        assert r['ratio_to_timm_fp32_eager']['median'] == pytest.approx(
+            statistics.median(expected))
+
+
+def test_cpu_instruction_sets_in_the_json(tiny_run):
+    isa = tiny_run['machine']['isa']
+    assert isa['capability'] == torch.backends.cpu.get_cpu_capability()
+    caps = torch.cpu.get_capabilities()
+    for flag in ('avx2', 'avx512_vnni', 'avx512_bf16', 'amx_tile'):
+        assert isa[flag] == caps[flag]
 
 
 def test_targets_reported_with_verdicts(tiny_run):

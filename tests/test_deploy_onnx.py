@@ -158,9 +158,8 @@ OTHER_BACKBONES = {
 }
 
 
-@pytest.mark.parametrize('method', METHODS)
-@pytest.mark.parametrize('backbone', sorted(OTHER_BACKBONES))
-def test_other_backbones_export_with_parity(backbone, method, tmp_path):
+def other_backbone_model(backbone, method):
+    """(randomised classifier, input side) of an OTHER_BACKBONES entry."""
     config, overrides, size = OTHER_BACKBONES[backbone]
     cfg = Config.fromfile(osp.join(REPO, config.format(method)))
     arch = overrides['arch']
@@ -169,7 +168,13 @@ def test_other_backbones_export_with_parity(backbone, method, tmp_path):
                                if k != 'arch'})
     cfg.model.backbone.drop_path_rate = 0.
     cfg.model.head.update(num_classes=5, in_channels=arch['embed_dims'])
-    model = randomised(load_model(cfg)[0])
+    return randomised(load_model(cfg)[0]), size
+
+
+@pytest.mark.parametrize('method', METHODS)
+@pytest.mark.parametrize('backbone', sorted(OTHER_BACKBONES))
+def test_other_backbones_export_with_parity(backbone, method, tmp_path):
+    model, size = other_backbone_model(backbone, method)
     path = str(tmp_path / f'{backbone}.onnx')
 
     graph = export_onnx(model, 'mmpretrain', path, (size, size))

@@ -5,11 +5,15 @@ Every model is built once and warmed up; then each round times every row
 once (rows rotated round by round), for inference (eval, no_grad) and a
 train step (forward, cross-entropy, backward, AdamW step), in fp32 and
 autocast bf16 (fp16 too on CUDA), eager and with ``--compile`` also
-``torch.compile``. A GEMM of the model's MLP shape, timed in the same
-rounds, gives the machine's own matmul throughput.
+``torch.compile``. On the CPU our rows also infer in int8 with each
+``--int8`` scheme (mmmpvg.deploy.quantization), and every inference row
+gets its speed relative to timm fp32 eager in the same round. A GEMM of the
+model's MLP shape, timed in the same rounds, gives the machine's own matmul
+throughput. The CPU's instruction sets head the output and the JSON.
 
     python tools/benchmark.py --arch deit-tiny --batch-size 32 --rounds 10 \
-        --compile [--device cuda] [--json out.json]
+        --compile [--int8 pt2e dynamic onnxruntime] [--device cuda] \
+        [--json out.json]
 """
 import argparse
 import glob
@@ -22,7 +26,9 @@ import torch
 import torch.nn.functional as F
 from mmengine.logging import MMLogger
 
-from mmmpvg.utils.benchmarking import (PRECISIONS, autocast, format_spread,
+from mmmpvg.deploy.quantization import SCHEMES as INT8_SCHEMES
+from mmmpvg.utils.benchmarking import (PRECISIONS, autocast, cpu_isa,
+                                       format_isa, format_spread,
                                        format_table, format_targets,
                                        interleaved_rounds, paired_speed_ratio,
                                        peak_memory, spread, target_check,
@@ -65,6 +71,11 @@ def parse_args(argv=None):
                         '(CUDA)')
     parser.add_argument('--compile', action='store_true',
                         help='also time torch.compile of every row')
+    parser.add_argument(
+        '--int8', nargs='*', choices=list(INT8_SCHEMES),
+        help='int8 inference schemes timed for our rows on the CPU '
+        '(default: onnxruntime where CPU inference is timed; none without '
+        'arguments)')
     parser.add_argument('--no-memory', action='store_true',
                         help='skip the peak-memory pass')
     parser.add_argument(
@@ -82,6 +93,13 @@ def parse_args(argv=None):
         parser.error(f'--img-size must be a multiple of {PATCH}.')
     if 'fp16' in args.precisions and args.device.type != 'cuda':
         parser.error('fp16 autocast is for CUDA; use bf16 on the CPU.')
+    if args.int8 is None:
+        args.int8 = ['onnxruntime'] if args.device.type == 'cpu' and \
+            'inference' in args.modes else []
+    if args.int8 and (args.device.type != 'cpu' or
+                      'inference' not in args.modes):
+        parser.error('--int8 times CPU inference: use it with --device cpu '
+                     'and the inference mode.')
     return args
 
 
@@ -152,6 +170,11 @@ class Row:
         self.scaler = torch.amp.GradScaler(args.device.type) if hasattr(
             torch.amp, 'GradScaler') else torch.cuda.amp.GradScaler(
                 enabled=args.device.type == 'cuda')
+        self.int8 = {}
+        if self.library == 'ours':
+            from mmmpvg.deploy.quantization import int8_graph
+            self.int8 = {scheme: int8_graph(self.model, self.images, scheme)
+                         for scheme in args.int8}
 
     def logits(self, compiled):
         model = self.compiled if compiled else self.model
@@ -182,6 +205,13 @@ class Row:
 
         return inference if mode == 'inference' else train
 
+    def int8_step(self, scheme):
+        def inference():
+            with torch.no_grad():
+                self.int8[scheme](self.images)
+
+        return inference
+
 
 def gemm_step(args, precision):
     """One MLP-shaped GEMM: (batch * tokens, dims) x (dims, 4 dims)."""
@@ -204,6 +234,17 @@ def variant_key(mode, precision, compiled):
     return f"{mode}/{precision}/{'compiled' if compiled else 'eager'}"
 
 
+def int8_variant(scheme):
+    """(precision, compiled) of an int8 scheme's rows: only PT2E runs
+    through torch.compile (inductor)."""
+    return f'int8-{scheme}', scheme == 'pt2e'
+
+
+# Every inference row's speed is also given against this one, in the same
+# round: the issue's reference for the CPU targets.
+REFERENCE = ('timm', variant_key('inference', 'fp32', False))
+
+
 def measure(args, log=print):
     """Every number of the run as a JSON-able dict."""
     torch.manual_seed(0)
@@ -220,6 +261,12 @@ def measure(args, log=print):
                 keys.append((key, mode, precision, compiled))
                 groups[key] = {name: row.step(mode, precision, compiled)
                                for name, row in rows.items()}
+    for scheme in args.int8:
+        precision, compiled = int8_variant(scheme)
+        key = variant_key('inference', precision, compiled)
+        keys.append((key, 'inference', precision, compiled))
+        groups[key] = {name: row.int8_step(scheme)
+                       for name, row in rows.items() if row.int8}
 
     samples = interleaved_rounds(groups, args.rounds, args.warmup,
                                  args.device, log)
@@ -232,6 +279,7 @@ def measure(args, log=print):
                     drop_path_rate=DROP_PATH),
         machine=dict(platform=platform.platform(),
                      processor=platform.processor(),
+                     isa=cpu_isa(),
                      torch=torch.__version__,
                      threads=torch.get_num_threads(),
                      cuda=torch.cuda.get_device_name(args.device)
@@ -255,10 +303,12 @@ def measure(args, log=print):
                         (row.model, row.optimizer, row.images, row.labels))
         result['memory_method'] = method
 
+    reference_name, reference_key = REFERENCE
+    reference = samples.get(reference_key, {}).get(reference_name)
     for key, mode, precision, compiled in keys:
         times = samples[key]
-        gemm_rate = result['gemm'][precision]['flops_per_s']
-        for name in rows:
+        gemm = result['gemm'].get(precision)
+        for name in times:
             per_image = model_flops(name, args) * (3 if mode == 'train'
                                                    else 1)
             median = spread(times[name])['median']
@@ -269,8 +319,9 @@ def measure(args, log=print):
                 images_per_s=spread(
                     [args.batch_size / s for s in times[name]]),
                 flops_per_image=per_image,
+                # int8 rows: no GEMM of their own to compare with
                 gemm_fraction=per_image * args.batch_size / median /
-                gemm_rate,
+                gemm['flops_per_s'] if gemm else None,
                 peak_memory_bytes=None if compiled else memory.get(
                     (name, mode, precision)))
             for base in ('default-cls', 'default-gap', 'timm',
@@ -278,6 +329,9 @@ def measure(args, log=print):
                 if base in times:
                     entry[f'ratio_to_{base}'] = paired_speed_ratio(
                         times[name], times[base])
+            if mode == 'inference' and reference:
+                entry['ratio_to_timm_fp32_eager'] = paired_speed_ratio(
+                    times[name], reference)
             result['rows'].append(entry)
     result['targets'] = targets(result, args)
     return result
@@ -308,16 +362,18 @@ def targets(result, args):
             if f'ratio_to_{base}' in r:
                 check(f'default-cls / {base} speed, {variant}',
                       r[f'ratio_to_{base}']['median'], 1.0)
-    reference = find(result, row='timm', mode='inference', precision='fp32',
-                     compiled=False)
-    ours = find(result, row='mpvg', mode='inference')
-    if args.device.type == 'cpu' and reference and ours:
-        best = max(ours, key=lambda r: r['images_per_s']['median'])
+    ours = [r for r in find(result, row='mpvg', mode='inference')
+            if 'ratio_to_timm_fp32_eager' in r]
+    if args.device.type == 'cpu' and ours:
+        best = max(ours,
+                   key=lambda r: r['ratio_to_timm_fp32_eager']['median'])
         variant = variant_key('inference', best['precision'],
                               best['compiled'])
-        check(f'best mpvg CPU inference / timm fp32 eager ({variant})',
-              best['images_per_s']['median'] /
-              reference[0]['images_per_s']['median'], 2.0)
+        # The issue's CPU targets: 2x at batch 32, 1.5x for one image.
+        check(f'best mpvg CPU inference / timm fp32 eager, batch '
+              f'{args.batch_size} ({variant})',
+              best['ratio_to_timm_fp32_eager']['median'],
+              1.5 if args.batch_size == 1 else 2.0)
     for r in find(result, row='mpvg', mode='train', compiled=False):
         for base in ('default-gap', 'default-cls'):
             other = find(result, row=base, mode='train',
@@ -351,12 +407,14 @@ def report(result):
     for mode, precision, compiled in variants:
         rows = find(result, mode=mode, precision=precision,
                     compiled=compiled)
-        bases = [b for b in ('default-cls', 'default-gap', 'timm')
+        bases = [b for b in ('default-cls', 'default-gap', 'timm',
+                             'timm_fp32_eager')
                  if f'ratio_to_{b}' in rows[0]]
-        header = ['row', 'img/s', *[f'x {b}' for b in bases],
+        header = ['row', 'img/s', *[f"x {b.replace('_', ' ')}" for b in bases],
                   'GEMM frac', 'peak MiB']
         table = [[r['row'], format_spread(r['images_per_s'], 1),
                   *[format_spread(r[f'ratio_to_{b}'], 3) for b in bases],
+                  '-' if r['gemm_fraction'] is None else
                   f"{r['gemm_fraction']:.2f}",
                   '-' if r['peak_memory_bytes'] is None else
                   f"{r['peak_memory_bytes'] / 2**20:.1f}"]
@@ -375,6 +433,7 @@ def main(argv=None):
     config = torch._dynamo.config
     setattr(config, 'recompile_limit' if hasattr(config, 'recompile_limit')
             else 'cache_size_limit', 64)
+    print(format_isa(cpu_isa()))  # first: it decides what is fast
     result = measure(args, log=lambda m: print(m, file=sys.stderr))
     report(result)
     if args.json:

@@ -1,8 +1,8 @@
 """Test a checkpoint of any mmmpvg config with MMEngine's Runner.
 
     python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out FILE.pkl]
-        [--out-item {pred,metrics}] [--amp] [--cfg-options KEY=VALUE ...]
-        [--launcher L]
+        [--out-item {pred,metrics}] [--amp | --int8 [SCHEME]]
+        [--cfg-options KEY=VALUE ...] [--launcher L]
 
 In a distributed run (tools/dist_test.sh) every rank evaluates a share of
 the test set and the evaluator gathers all predictions, each sample once,
@@ -14,6 +14,9 @@ import os
 import mmengine
 from mmengine.config import Config, DictAction
 from mmengine.evaluator import DumpResults
+from mmmpvg.deploy import model_task
+from mmmpvg.deploy.quantization import (Int8TestHook, add_int8_argument,
+                                        check_int8)
 from mmmpvg.engine import enable_test_amp
 from mmmpvg.engine.runner import apply_common_args
 from mmmpvg.engine.runner import build_runner as build_config_runner
@@ -38,6 +41,7 @@ def parse_args(argv=None):
         '--amp',
         action='store_true',
         help='inference under autocast: fp16 on CUDA, bf16 on CPU')
+    add_int8_argument(parser)
     parser.add_argument(
         '--cfg-options',
         nargs='+',
@@ -56,6 +60,9 @@ def parse_args(argv=None):
             ('.pkl', '.pickle')):
         parser.error(f'--out must be a .pkl file for predictions, '
                      f'got {args.out}')
+    if args.amp and args.int8:
+        parser.error('--amp (bf16/fp16 autocast) and --int8 exclude each '
+                     'other: choose one.')
     return args
 
 
@@ -64,6 +71,8 @@ def merge_args(cfg, args):
     apply_common_args(cfg, args)
     if args.amp:
         enable_test_amp(cfg)
+    if args.int8:
+        check_int8(model_task(cfg))
     cfg.load_from = args.checkpoint
     return cfg
 
@@ -76,6 +85,8 @@ def build_runner(args):
     if args.out and args.out_item == 'pred':
         runner.test_evaluator.metrics.append(
             DumpResults(out_file_path=args.out))
+    if args.int8:
+        runner.register_hook(Int8TestHook(args.int8))
     return runner
 
 

@@ -26,6 +26,33 @@ def autocast(device: torch.device, precision: str):
     return torch.autocast(device.type, dtype=dtype)
 
 
+# The instruction sets that decide which low-precision path is fast: bf16
+# compute (AVX512-BF16, AMX) and int8 dot products (VNNI in its AVX512 and
+# AVX2 forms, AMX); AVX2 alone still multiplies bytes, with 16-bit sums.
+ISA_FLAGS = ('avx2', 'avx512_f', 'avx512_vnni', 'avx_vnni', 'avx512_bf16',
+             'amx_tile', 'amx_int8', 'amx_bf16')
+
+
+def cpu_isa() -> dict:
+    """The CPU's name, PyTorch's kernel level
+    (``torch.backends.cpu.get_cpu_capability()``), the instruction sets of
+    ``ISA_FLAGS`` and the quantized engines this torch was built with."""
+    caps = torch.cpu.get_capabilities()
+    return dict(
+        cpu_name=caps.get('cpu_name'),
+        capability=torch.backends.cpu.get_cpu_capability(),
+        **{flag: bool(caps.get(flag, False)) for flag in ISA_FLAGS},
+        quantized_engines=list(torch.backends.quantized.supported_engines))
+
+
+def format_isa(isa: dict) -> str:
+    """One line: ``CPU <name>: capability AVX512; has avx2 ...; lacks ...``."""
+    has = [f for f in ISA_FLAGS if isa[f]]
+    lacks = [f for f in ISA_FLAGS if not isa[f]]
+    return (f"CPU {isa['cpu_name']}: torch capability {isa['capability']}; "
+            f"has {' '.join(has) or '-'}; lacks {' '.join(lacks) or '-'}")
+
+
 def synchronize(device: torch.device):
     if device.type == 'cuda':
         torch.cuda.synchronize(device)

@@ -2,10 +2,13 @@
 exports, to ONNX with the PE chain folded into constants.
 
     python tools/deployment/export_onnx.py CONFIG CHECKPOINT OUT.onnx \\
-        [--shape H W] [--opset 17] [--no-fold]
+        [--shape H W] [--opset 17] [--no-fold] [--int8]
 
 The graph takes a normalised (data-preprocessed) NCHW float image; its batch
 axis is dynamic, H and W are the ones exported (see mmmpvg.deploy).
+``--int8`` (classifiers) writes the model quantized by onnxruntime instead:
+int8 weights per output channel, activations quantized per call, the
+classification head in fp32 (mmmpvg.deploy.quantization.quantize_onnx).
 """
 import argparse
 
@@ -13,6 +16,7 @@ from mmengine.config import Config, DictAction
 
 from mmmpvg.deploy import EXPORT_PARTS, export_onnx, load_model, model_task
 from mmmpvg.deploy.onnx_export import MIN_OPSET
+from mmmpvg.deploy.quantization import check_int8_task, export_int8_onnx
 
 
 def default_shape(cfg: Config, task: str):
@@ -37,18 +41,32 @@ def main():
     parser.add_argument('--no-fold', action='store_true',
                         help='keep the PE chain (its LayerNorms) in the '
                         'graph, for inspection')
+    parser.add_argument('--int8', action='store_true',
+                        help='classifiers: write the int8 model '
+                        '(onnxruntime dynamic quantization)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction)
     args = parser.parse_args()
 
     cfg = Config.fromfile(args.config)
     task = model_task(cfg)
+    if args.int8:
+        try:
+            check_int8_task(task)
+        except ValueError as error:
+            parser.error(str(error))
+        if args.no_fold:
+            parser.error('--int8 exports the folded graph; drop --no-fold.')
     shape = tuple(args.shape) if args.shape else default_shape(cfg, task)
     model, task = load_model(cfg, args.checkpoint, args.cfg_options)
-    export_onnx(model, task, args.out, shape, opset=args.opset,
-                fold=not args.no_fold)
+    if args.int8:
+        export_int8_onnx(model, args.out, shape, opset=args.opset)
+    else:
+        export_onnx(model, task, args.out, shape, opset=args.opset,
+                    fold=not args.no_fold)
     print(f'Exported {EXPORT_PARTS[task]} at {shape[0]}x{shape[1]} '
           f'(dynamic batch, opset {args.opset}, PE chain '
-          f'{"in the graph" if args.no_fold else "folded"}) to {args.out}')
+          f'{"in the graph" if args.no_fold else "folded"}'
+          f'{", int8 linear layers" if args.int8 else ""}) to {args.out}')
 
 
 if __name__ == '__main__':
