@@ -71,12 +71,11 @@ else
 fi
 pip_install "$mmcv_cache"/mmcv-*.whl
 
-log "installing mmengine, mmdet, mmseg, mmpretrain and the tools"
-pip_install -r requirements/runtime.txt
-log "installing the deploy extra (onnx, onnxruntime, fvcore)"
-pip_install -r requirements/deploy.txt
-# openmim without opendatalab/openxlab (they pin setuptools~=60.2).
-pip_install --no-deps openmim
+log "installing mmengine, mmpretrain, mmdet, mmseg and the test tools"
+pip_install -r requirements/runtime.txt -r requirements/det.txt \
+  -r requirements/seg.txt -r requirements/tests.txt
+log "installing the deploy extra (onnx, onnxruntime, fvcore) and openmim"
+pip_install -r requirements/deploy.txt -r requirements/mim.txt
 pip_install --no-build-isolation --no-deps -e .
 
 "$PY" - <<'EOF'
