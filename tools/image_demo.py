@@ -2,16 +2,24 @@
 library's own inferencer and visualizer (mmpretrain, mmdet or mmseg, chosen
 by the config's default_scope).
 
-    python demo/image_demo.py CONFIG CHECKPOINT IMAGE [--out-dir DIR]
+    python tools/image_demo.py CONFIG CHECKPOINT IMAGE [--out-dir DIR]
+        [--min-size 256] [--score-thr 0.3]
+
+The drawing goes to ``work_dirs/<config name>/image_demo/`` unless
+``--out-dir`` says otherwise. An image whose shorter side is below
+``--min-size`` is drawn enlarged (nearest neighbour) so that labels fit.
 """
 import argparse
 import os
 import os.path as osp
 
+import mmcv
 from mmengine.config import Config
 
 import mmmpvg  # noqa: F401  (safe checkpoint loading)
 from mmmpvg.deploy import model_task
+from mmmpvg.engine.cli import run_tool
+from mmmpvg.utils.drawing import DEFAULT_MIN_SIZE, enlarge, upscale_factor
 
 
 def build_inferencer(config: str, checkpoint: str, device: str = 'cpu'):
@@ -29,38 +37,65 @@ def build_inferencer(config: str, checkpoint: str, device: str = 'cpu'):
     return MMSegInferencer(model=config, weights=checkpoint, device=device)
 
 
-def draw(inferencer, image: str, out_dir: str, **kwargs) -> dict:
-    """Predict ``image`` and save the drawing under ``out_dir``; returns the
-    predictions (plain Python)."""
+def draw(inferencer, image: str, out_dir: str,
+         min_size: int = DEFAULT_MIN_SIZE, score_thr: float = 0.3) -> dict:
+    """Predict ``image`` and save the drawing under ``out_dir``, enlarged
+    if its shorter side is below ``min_size``; returns the predictions
+    (plain Python) and the drawing's path."""
+    os.makedirs(out_dir, exist_ok=True)
     name = osp.basename(image)
+    pixels = mmcv.imread(image, channel_order='rgb')
+    factor = upscale_factor(*pixels.shape[:2], min_size)
     if type(inferencer).__name__ == 'ImageClassificationInferencer':
-        os.makedirs(out_dir, exist_ok=True)
-        # Digits are 32 px: draw them larger.
-        kwargs.setdefault('rescale_factor', 8)
-        result = inferencer(image, show_dir=out_dir, **kwargs)[0]
-        path = osp.join(out_dir, osp.splitext(name)[0] + '.png')
-    elif type(inferencer).__name__ == 'DetInferencer':
-        result = inferencer(image, out_dir=out_dir, no_save_pred=True,
-                            **kwargs)['predictions'][0]
-        path = osp.join(out_dir, 'vis', name)
+        result = inferencer(image, show_dir=out_dir,
+                            rescale_factor=factor)[0]
+        return dict(predictions=result,
+                    drawing=osp.join(out_dir,
+                                     osp.splitext(name)[0] + '.png'))
+    path = osp.join(out_dir, name)
+    if type(inferencer).__name__ == 'DetInferencer':
+        sample = inferencer(image, return_datasamples=True)[
+            'predictions'][0]
+        result = inferencer.pred2dict(sample)
+        extra = dict(pred_score_thr=score_thr)
     else:
-        result = inferencer(image, out_dir=out_dir, **kwargs)['predictions']
-        path = osp.join(out_dir, 'vis', name)
+        sample = inferencer(image, return_datasamples=True)
+        result = sample.pred_sem_seg.data[0].cpu().numpy()
+        extra = {}
+    pixels, sample = enlarge(pixels, sample, factor)
+    inferencer.visualizer.add_datasample(
+        name, pixels, sample, draw_gt=False, draw_pred=True, show=False,
+        out_file=path, **extra)
     return dict(predictions=result, drawing=path)
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('config')
     parser.add_argument('checkpoint')
     parser.add_argument('image')
-    parser.add_argument('--out-dir', default='outputs')
+    parser.add_argument(
+        '--out-dir',
+        help='default: work_dirs/<config name>/image_demo')
+    parser.add_argument(
+        '--min-size', type=int, default=DEFAULT_MIN_SIZE,
+        help='enlarge an image whose shorter side is below this by the '
+        'smallest integer factor that reaches it (default: %(default)s; '
+        '0: never)')
+    parser.add_argument(
+        '--score-thr', type=float, default=0.3,
+        help='detections below this score are not drawn (mmdet only)')
     parser.add_argument('--device', default='cpu')
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    out_dir = args.out_dir or osp.join(
+        'work_dirs', osp.splitext(osp.basename(args.config))[0],
+        'image_demo')
     inferencer = build_inferencer(args.config, args.checkpoint, args.device)
-    out = draw(inferencer, args.image, args.out_dir)
+    out = draw(inferencer, args.image, out_dir, args.min_size,
+               args.score_thr)
     print(f"Drew the prediction on {args.image} to {out['drawing']}")
+    return out
 
 
 if __name__ == '__main__':
-    main()
+    run_tool(main)
