@@ -42,4 +42,4 @@ def test_every_collection_links_the_paper():
         assert collection.paper == {
             'Title': 'Maximizing the Position Embedding for Vision '
             'Transformers with Global Average Pooling (AAAI 2025)',
-            'URL': 'https://arxiv.org/abs/2502.02919'}, collection.name
+            'URL': 'https://doi.org/10.1609/aaai.v39i17.33997'}, collection.name
