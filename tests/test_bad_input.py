@@ -1,6 +1,6 @@
-"""The README's "Bad input" table, one row a test: each mistake gets one
-clear message naming the problem, raised before anything already written
-is touched."""
+"""The reliability guide's "Bad input" table, one row a test: each mistake
+gets one clear message naming the problem, raised before anything already
+written is touched."""
 import os
 import pathlib
 import subprocess

@@ -74,8 +74,9 @@ def test_upernet_vit_adapter_trains_and_evaluates_on_ade20k_format(
 
 
 def test_resnet18_control_changes_only_the_backbone_of_the_shapes_demo():
-    """The README compares the Mask R-CNN shapes demo with this control:
-    everything but the backbone (and the FPN's input widths) must match."""
+    """The detection guide compares the Mask R-CNN shapes demo with this
+    control: everything but the backbone (and the FPN's input widths) must
+    match."""
     import os.path as osp
 
     from mmengine.config import Config

@@ -20,7 +20,7 @@ SWIN_CONFIGS = sorted(glob.glob(osp.join(REPO, 'configs/swin/*.py')))
 
 # Table 1 (Swin-Ti rows) as exact integers: spec paper-backbones.md §1.
 # LaPE prints 28.598 where the paper says 28.599: no structure of Eq. 5-7
-# gives 28.599 (its LN set is PVG's), see the README's model zoo.
+# gives 28.599 (its LN set is PVG's), see configs/swin/README.md.
 TABLE1_SWIN = {'default': 28_589_410, 'lape': 28_598_242,
                'pvg': 28_598_242, 'mpvg': 28_599_778}
 TABLE1_SWIN_PAPER = {'default': 28.589, 'lape': 28.599, 'pvg': 28.598,

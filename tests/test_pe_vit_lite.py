@@ -38,7 +38,7 @@ VIT_LITE_CONFIGS = sorted(glob.glob(osp.join(REPO, 'configs/vit_lite/*.py')))
 TABLE2_VIT_LITE = dict(default=3_740_004, lape=3_743_588, pvg=3_742_564,
                        mpvg=3_743_076)
 # The paper prints LaPE as 3.744; the official LaPE structure truncates to
-# 3.743 (spec §4.3, README): the exact integer is asserted instead.
+# 3.743 (configs/vit_lite/README.md): the exact integer is asserted instead.
 TABLE2_VIT_LITE_PAPER = dict(default=3.740, lape=3.744, pvg=3.742,
                              mpvg=3.743)
 

@@ -74,8 +74,9 @@ pip_install "$mmcv_cache"/mmcv-*.whl
 log "installing mmengine, mmpretrain, mmdet, mmseg and the test tools"
 pip_install -r requirements/runtime.txt -r requirements/det.txt \
   -r requirements/seg.txt -r requirements/tests.txt
-log "installing the deploy extra (onnx, onnxruntime, fvcore) and openmim"
-pip_install -r requirements/deploy.txt -r requirements/mim.txt
+log "installing the deploy and docs extras (onnx, onnxruntime, fvcore; Sphinx) and openmim"
+pip_install -r requirements/deploy.txt -r requirements/docs.txt \
+  -r requirements/mim.txt
 pip_install --no-build-isolation --no-deps -e .
 
 "$PY" - <<'EOF'

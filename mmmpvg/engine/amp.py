@@ -28,7 +28,7 @@ def check_cpu_autocast(cfg):
     runs nms (the RPN's proposals, in training too). bf16 autocast pays off
     on CPUs with bf16 instructions (AVX512-BF16, AMX); elsewhere oneDNN
     emulates them: a DeiT-Ti forward ran 8x slower than in float32 on an
-    AVX2-only machine (README, "Fast paths").
+    AVX2-only machine (docs/en/user_guides/train_test.md).
     """
     if cfg.get('default_scope') == 'mmdet':
         raise ValueError(

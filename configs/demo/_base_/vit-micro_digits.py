@@ -2,7 +2,7 @@
 # package, trained on CPU in half a minute. The PE method (and the pooling it
 # needs) is the only thing the configs beside this one change. The recipe is
 # shared by all of them and was picked on seed 0 of Default and MPVG
-# (README, "The main job"): the 8x8 digits upscaled to 32x32, patch 8 -> a
+# (configs/demo/README.md): the 8x8 digits upscaled to 32x32, patch 8 -> a
 # 4x4 grid of 2x2-pixel patches (1-pixel patches leave each token a single
 # grey level and cost 4x more); the PE initialised on the scale of the patch
 # tokens (std 1): with DeiT's 0.02 the PE added to the input needs far more

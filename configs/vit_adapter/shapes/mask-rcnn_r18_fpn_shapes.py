@@ -1,7 +1,7 @@
 # Control for the Mask R-CNN shapes demo: the same data, heads, schedule and
 # optimizer with a ResNet-18 from scratch in place of ViT-Adapter-Ti: what a
-# standard conv backbone reaches with this recipe (README, "Downstream
-# demo").
+# standard conv backbone reaches with this recipe (the detection guide,
+# docs/en/user_guides/detection_segmentation.md).
 _base_ = './mask-rcnn_vit-adapter-ti-mpvg_fpn_shapes.py'
 
 model = dict(

@@ -1,6 +1,6 @@
 # The COCO recipe scaled down to learn within minutes on CPU, on generated
 # shapes: python tools/make_shapes_data.py coco data/shapes_coco --train 200
-# --val 32 --size 64 64 --shape-size 0.3 0.6 (README, "Downstream demo").
+# --val 32 --size 64 64 --shape-size 0.3 0.6 (the detection guide).
 # Same backbone (ViT-Adapter-Ti, MPVG, from scratch: no pre-trained DeiT; BN
 # for SyncBN); FPN and heads at half width; 64x64 images at their size with
 # flips only; fewer proposals and RoIs; AdamW at the recipe's lr, 5 epochs.

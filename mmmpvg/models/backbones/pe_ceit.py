@@ -16,9 +16,9 @@ PE methods (Table 1, CeiT-Ti rows): the layer-wise PE enters every layer at
   all tokens to the grid, LCA reads each layer's token mean, and, as the
   paper does for Swin, layer 0 gets a PE LayerNorm too (the only structure
   among those with the table's counts that keeps "no class token" and the
-  PVG rule "no PE LN at the LCA input", see the README). MPVG's Eq. 11 term
-  ``LN''(pos_0)`` is pooled like the tokens (mean) and added to the
-  normalised LCA output.
+  PVG rule "no PE LN at the LCA input", see configs/ceit/README.md).
+  MPVG's Eq. 11 term ``LN''(pos_0)`` is pooled like the tokens (mean) and
+  added to the normalised LCA output.
 """
 import math
 from typing import Optional, Sequence, Tuple
@@ -301,7 +301,8 @@ class PECeiT(PEBackboneMixin, BaseBackbone):
             attn_drop_rate=attn_drop_rate,
             qkv_bias=qkv_bias,
             norm_cfg=norm_cfg)
-        # The LCA's own (layer-index) PE; not a method knob (see README).
+        # The LCA's own (layer-index) PE; not a method knob
+        # (configs/ceit/README.md).
         self.pos_layer_embed = nn.Parameter(
             torch.zeros(1, self.num_layers, self.embed_dims))
         self.last_norm = build_norm_layer(norm_cfg, self.embed_dims)[1]
