@@ -4,7 +4,10 @@ at its own recipe, saves a checkpoint, and tools/test.py loads that
 checkpoint (every weight) and evaluates it with the config's metric. Plus
 what ``--smoke`` changes in a config, checked on the paper's detection and
 segmentation recipes."""
+import ctypes
+import ctypes.util
 import functools
+import gc
 import math
 import pathlib
 import uuid
@@ -52,8 +55,21 @@ def quick_config_handling():
         yield
 
 
+@pytest.fixture
+def release_freed_memory():
+    """glibc keeps the heap a run frees for the process: 62 runs grew it to
+    6.6 GB (peak RSS), though no model outlived its test. Hand it back to
+    the system after each run (the largest, DeiT-B, peaks at 2.9 GB)."""
+    yield
+    gc.collect()
+    libc = ctypes.CDLL(ctypes.util.find_library('c'))
+    if hasattr(libc, 'malloc_trim'):
+        libc.malloc_trim(0)
+
+
 @pytest.mark.slow
-@pytest.mark.usefixtures('one_thread', 'quick_config_handling')
+@pytest.mark.usefixtures('one_thread', 'quick_config_handling',
+                         'release_freed_memory')
 @pytest.mark.parametrize('config', CONFIGS)
 def test_config_trains_and_tests_with_smoke(config, smoke_data, tmp_path,
                                             make_runner, train_tool,
@@ -101,7 +117,7 @@ def test_smoke_scales_mask_rcnn_to_128_pixels(smoke_cfg, smoke_data):
     multi_scale = cfg.train_dataloader.dataset.pipeline[3].transforms
     assert multi_scale[0][0].scales == [
         (46, 128), (49, 128), (52, 128), (55, 128), (58, 128), (61, 128),
-        (64, 128), (67, 128), (71, 128), (74, 128), (77, 128)]
+        (65, 128), (68, 128), (71, 128), (74, 128), (77, 128)]
     assert multi_scale[1][0].scales == [(38, 128), (48, 128), (58, 128)]
     assert multi_scale[1][1].crop_size == (37, 58)
     assert cfg.train_dataloader.dataset.pipeline[4].crop_size == (98, 98)

@@ -2,18 +2,16 @@
 ``configs/`` read, each in its real on-disk layout, so that any config runs
 a few iterations without the real data (``tools/train.py CONFIG --smoke``).
 
-============================  ===============================================
-``imagenet/``                 ``train/<wnid>/*.JPEG``, ``val/*.JPEG`` and
-                              ``meta/{train,val}.txt`` (ImageNet-1K)
-``cifar100/``                 ``cifar-100-python/{train,test,meta}`` pickles
-``coco/``                     ``{train,val}2017/*.jpg`` and
-                              ``annotations/instances_{train,val}2017.json``
-                              with polygon and RLE masks, COCO's 80 classes
-``ade/ADEChallengeData2016/`` ``images/{training,validation}/*.jpg`` and
-                              ``annotations/.../*.png`` label maps
-``shapes_coco/``,             the layouts of ``tools/make_shapes_data.py``
-``shapes_ade20k/``            (the shapes demo configs)
-============================  ===============================================
+- ``imagenet/``: ``train/<wnid>/*.JPEG``, ``val/*.JPEG`` and
+  ``meta/{train,val}.txt`` (ImageNet-1K);
+- ``cifar100/``: the ``cifar-100-python/{train,test,meta}`` pickles;
+- ``coco/``: ``{train,val}2017/*.jpg`` and
+  ``annotations/instances_{train,val}2017.json`` with polygon and RLE
+  masks and COCO's 80 categories;
+- ``ade/ADEChallengeData2016/``: ``images/{training,validation}/*.jpg``
+  and their ``annotations/.../*.png`` label maps;
+- ``shapes_coco/``, ``shapes_ade20k/``: the layouts of
+  ``tools/make_shapes_data.py`` (the shapes demo configs).
 
 The images are noise with coloured shapes (COCO, ADE20K) or a colour per
 class (ImageNet, CIFAR-100): enough for the loaders, the pipelines and a
