@@ -103,13 +103,23 @@ def test_damaged_checkpoint(run_tool, tmp_path):
         run_tool('test', path)
 
 
-def test_missing_data_root(make_runner, train_tool, tmp_path):
+@pytest.mark.parametrize('content,message', [
+    (None, "data_root '{root}' does not exist"),
+    ('', "data_root '{root}' is an empty folder: put the data set there"),
+    ('images', "The data set ImageNet at '{root}' lacks a file its config "
+     'names: .*train'),
+], ids=['missing', 'empty', 'another-layout'])
+def test_data_root(content, message, make_runner, train_tool, tmp_path):
+    """A data root that is missing, empty, or holds another layout (here
+    an images/ folder where ImageNet's train/ and meta/ belong)."""
+    root = tmp_path / 'imagenet'
+    if content is not None:
+        (root / content).mkdir(parents=True)
     config = REPO / 'configs/deit/deit-tiny_mpvg_4xb256_in1k.py'
     runner = make_runner(train_tool, config, tmp_path / 'work', [
-        f'train_dataloader.dataset.data_root={tmp_path}/imagenet'])
+        f'train_dataloader.dataset.data_root={root}'])
     with pytest.raises(FileNotFoundError,
-                       match=f"data_root '{tmp_path}/imagenet' does not "
-                       'exist'):
+                       match=message.format(root=root)):
         runner.train()
 
 
@@ -156,28 +166,6 @@ def test_random_bytes_as_checkpoint(run_tool, tmp_path):
                        match=f'Cannot read checkpoint {path}: it is not a '
                        'file torch.save wrote'):
         run_tool('test', path)
-
-
-def test_empty_data_root(make_runner, train_tool, tmp_path):
-    config = REPO / 'configs/deit/deit-tiny_mpvg_4xb256_in1k.py'
-    (tmp_path / 'imagenet').mkdir()
-    runner = make_runner(train_tool, config, tmp_path / 'work', [
-        f'train_dataloader.dataset.data_root={tmp_path}/imagenet'])
-    with pytest.raises(FileNotFoundError,
-                       match=f"data_root '{tmp_path}/imagenet' is an empty "
-                       'folder: put the data set there'):
-        runner.train()
-
-
-def test_data_root_in_another_layout(make_runner, train_tool, tmp_path):
-    config = REPO / 'configs/deit/deit-tiny_mpvg_4xb256_in1k.py'
-    (tmp_path / 'imagenet' / 'images').mkdir(parents=True)
-    runner = make_runner(train_tool, config, tmp_path / 'work', [
-        f'train_dataloader.dataset.data_root={tmp_path}/imagenet'])
-    with pytest.raises(FileNotFoundError,
-                       match=f"The data set ImageNet at '{tmp_path}/imagenet'"
-                       ' lacks a file its config names: .*train'):
-        runner.train()
 
 
 @pytest.fixture

@@ -28,7 +28,7 @@ from mmengine.registry import VISUALIZERS
 from mmengine.runner import Runner
 
 from mmmpvg.analysis.loading import NO_CHECKPOINT, load_model
-from mmmpvg.utils.drawing import DEFAULT_MIN_SIZE, enlarge, upscale_factor
+from mmmpvg.utils.drawing import add_drawing_args, enlarge, upscale_factor
 
 
 def parse_args(argv=None):
@@ -48,14 +48,7 @@ def parse_args(argv=None):
                         help='first test images to draw (default: 4)')
     parser.add_argument('--ncols', type=int, default=2,
                         help='ground truth | prediction pairs per row')
-    parser.add_argument(
-        '--score-thr', type=float, default=0.3,
-        help='detections below this score are not drawn (mmdet only)')
-    parser.add_argument(
-        '--min-size', type=int, default=DEFAULT_MIN_SIZE,
-        help='enlarge images whose shorter side is below this by the '
-        'smallest integer factor that reaches it (default: %(default)s; '
-        '0: never)')
+    add_drawing_args(parser)
     parser.add_argument('--device', default='cpu')
     parser.add_argument(
         '--cfg-options', nargs='+', action=DictAction, default={},

@@ -19,7 +19,8 @@ from mmengine.config import Config
 import mmmpvg  # noqa: F401  (safe checkpoint loading)
 from mmmpvg.deploy import model_task
 from mmmpvg.engine.cli import run_tool
-from mmmpvg.utils.drawing import DEFAULT_MIN_SIZE, enlarge, upscale_factor
+from mmmpvg.utils.drawing import (DEFAULT_MIN_SIZE, add_drawing_args, enlarge,
+                                  upscale_factor)
 
 
 def build_inferencer(config: str, checkpoint: str, device: str = 'cpu'):
@@ -77,14 +78,7 @@ def main(argv=None):
     parser.add_argument(
         '--out-dir',
         help='default: work_dirs/<config name>/image_demo')
-    parser.add_argument(
-        '--min-size', type=int, default=DEFAULT_MIN_SIZE,
-        help='enlarge an image whose shorter side is below this by the '
-        'smallest integer factor that reaches it (default: %(default)s; '
-        '0: never)')
-    parser.add_argument(
-        '--score-thr', type=float, default=0.3,
-        help='detections below this score are not drawn (mmdet only)')
+    add_drawing_args(parser)
     parser.add_argument('--device', default='cpu')
     args = parser.parse_args(argv)
     out_dir = args.out_dir or osp.join(

@@ -12,11 +12,24 @@ import numpy as np
 import torch
 from mmengine.structures import BaseDataElement, InstanceData, PixelData
 
-__all__ = ['DEFAULT_MIN_SIZE', 'upscale_factor', 'enlarge']
+__all__ = ['DEFAULT_MIN_SIZE', 'add_drawing_args', 'upscale_factor', 'enlarge']
 
 # The shorter side small images are enlarged to: a visualizer's 13-pixel
 # label fits beside an object of a quarter of the image.
 DEFAULT_MIN_SIZE = 256
+
+
+def add_drawing_args(parser):
+    """``--min-size`` and ``--score-thr`` of the drawing tools."""
+    parser.add_argument(
+        '--min-size', type=int, default=DEFAULT_MIN_SIZE,
+        help='enlarge images whose shorter side is below this by the '
+        'smallest integer factor that reaches it (default: %(default)s; '
+        '0: never)')
+    parser.add_argument(
+        '--score-thr', type=float, default=0.3,
+        help='detections below this score are not drawn (mmdet only)')
+    return parser
 
 
 def upscale_factor(height: int, width: int, min_size: int) -> int:
