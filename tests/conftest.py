@@ -21,6 +21,9 @@ def pytest_configure(config):
     config.addinivalue_line(
         'markers', 'slow: trains, compiles or launches a subprocess; '
         '`pytest -m "not slow"` is the fast inner loop')
+    config.addinivalue_line(
+        'markers', 'install: builds the wheel and installs it into a fresh '
+        'venv from the package index (minutes; also marked slow)')
 
 
 @pytest.fixture(autouse=True)

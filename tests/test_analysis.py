@@ -471,3 +471,24 @@ def test_help_states_the_definitions(name, words, capsys):
     text = capsys.readouterr().out
     for word in words:
         assert word in text
+
+
+@pytest.mark.slow
+def test_token_norm_map_draws_at_most_16_rows_in_the_work_dir(
+        tmp_path, monkeypatch):
+    """Without --out-dir the tool writes beside the config's training run;
+    the figure holds 16 images (rows) at most, the JSON every image."""
+    from PIL import Image
+    tool = load_tool('token_norm_map')
+    monkeypatch.chdir(tmp_path)
+    norms = tool.main([
+        osp.join(REPO, 'configs', 'demo', 'default_vit-micro_digits.py'),
+        'none', '--split', 'test', '--num-images', '20'])
+    assert len(norms['images']) == 20
+    png = tmp_path / ('work_dirs/default_vit-micro_digits/token_norm_map/'
+                      'token_norm_maps.png')
+    width, height = Image.open(png).size
+    assert tool.MAX_FIGURE_ROWS == 16
+    # rows x inches x dpi (matplotlib truncates to whole pixels)
+    assert abs(height - 16 * 2.7 * 110) < 1
+    assert abs(width - 3 * 2.9 * 110) < 1

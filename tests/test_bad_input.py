@@ -5,7 +5,9 @@ import os
 import pathlib
 import subprocess
 import sys
+import uuid
 
+import numpy as np
 import pytest
 import torch
 from mmengine.config import Config
@@ -14,6 +16,7 @@ from mmpretrain.registry import MODELS
 import mmmpvg.models  # noqa: F401
 from mmmpvg.engine import CheckpointMismatchError
 from mmmpvg.engine.checkpoint_loading import DamagedCheckpointError
+from mmmpvg.engine.cli import run_tool as run_cli
 
 pytestmark = pytest.mark.usefixtures('one_thread', 'restore_determinism')
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -100,13 +103,23 @@ def test_damaged_checkpoint(run_tool, tmp_path):
         run_tool('test', path)
 
 
-def test_missing_data_root(make_runner, train_tool, tmp_path):
+@pytest.mark.parametrize('content,message', [
+    (None, "data_root '{root}' does not exist"),
+    ('', "data_root '{root}' is an empty folder: put the data set there"),
+    ('images', "The data set ImageNet at '{root}' lacks a file its config "
+     'names: .*train'),
+], ids=['missing', 'empty', 'another-layout'])
+def test_data_root(content, message, make_runner, train_tool, tmp_path):
+    """A data root that is missing, empty, or holds another layout (here
+    an images/ folder where ImageNet's train/ and meta/ belong)."""
+    root = tmp_path / 'imagenet'
+    if content is not None:
+        (root / content).mkdir(parents=True)
     config = REPO / 'configs/deit/deit-tiny_mpvg_4xb256_in1k.py'
     runner = make_runner(train_tool, config, tmp_path / 'work', [
-        f'train_dataloader.dataset.data_root={tmp_path}/imagenet'])
+        f'train_dataloader.dataset.data_root={root}'])
     with pytest.raises(FileNotFoundError,
-                       match=f"data_root '{tmp_path}/imagenet' does not "
-                       'exist'):
+                       match=message.format(root=root)):
         runner.train()
 
 
@@ -144,3 +157,68 @@ def test_more_processes_than_the_machine_runs(tmp_path, demo_config):
         f'error: asked for {len(os.sched_getaffinity(0)) + 1} processes on '
         'this node, but it has')
     assert not (tmp_path / 'work').exists()  # nothing was started
+
+
+def test_random_bytes_as_checkpoint(run_tool, tmp_path):
+    path = tmp_path / 'random.pth'
+    path.write_bytes(np.random.default_rng(0).bytes(4096))
+    with pytest.raises(DamagedCheckpointError,
+                       match=f'Cannot read checkpoint {path}: it is not a '
+                       'file torch.save wrote'):
+        run_tool('test', path)
+
+
+@pytest.fixture
+def tool_argv(demo_config, tiny_digits_options, tmp_path):
+    """tools/train.py's command line for the demo, plus ``extra``."""
+
+    def argv(*extra, options=()):
+        return [str(demo_config), '--work-dir', str(tmp_path / 'work'),
+                *extra, '--cfg-options', *tiny_digits_options, *options,
+                f'experiment_name=cli-{uuid.uuid4().hex}']
+
+    return argv
+
+
+def test_reported_error_is_the_last_line_without_traceback(
+        train_tool, tool_argv, capsys):
+    argv = tool_argv(options=['model.backbone.pe_cfg.method=mvpg'])
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(train_tool.main, argv)
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1].startswith(
+        "error: Unknown PE method 'mvpg'")
+    assert err.strip().endswith('(--debug shows the traceback)')
+    assert 'Traceback' not in err
+
+
+def test_debug_keeps_the_traceback(train_tool, tool_argv):
+    argv = tool_argv('--debug', options=['model.backbone.pe_cfg.method=mvpg'])
+    with pytest.raises(ValueError, match="Unknown PE method 'mvpg'"):
+        run_cli(train_tool.main, argv)
+
+
+def test_errors_outside_mmmpvg_keep_their_traceback(train_tool, tool_argv):
+    """A registry's KeyError (an unknown type) is not ours to shorten."""
+    argv = tool_argv(options=['model.head.type=NoSuchHead'])
+    with pytest.raises(KeyError, match='NoSuchHead'):
+        run_cli(train_tool.main, argv)
+
+
+@pytest.mark.slow
+def test_train_script_ends_with_the_error_line(tmp_path, tool_argv):
+    path = tmp_path / 'random.pth'
+    path.write_bytes(np.random.default_rng(0).bytes(4096))
+    result = subprocess.run(
+        [sys.executable, REPO / 'tools/train.py',
+         *tool_argv(options=[f'load_from={path}'])],
+        capture_output=True, text=True, timeout=300,
+        env=dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS='1'))
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        f'error: Cannot read checkpoint {path}: it is not a file torch.save '
+        'wrote (neither a zip archive nor the legacy pickle format). Check '
+        'the path, or download or copy the checkpoint again. (--debug shows '
+        'the traceback)')
+    assert 'Traceback' not in result.stderr

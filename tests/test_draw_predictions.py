@@ -1,6 +1,7 @@
 """tools/draw_predictions.py on the shapes demo configs: the libraries'
-visualizers draw ground truth | prediction of each test image at its own
-size, tiled into one PNG."""
+visualizers draw ground truth | prediction of each test image, enlarged to
+a 256-pixel shorter side when smaller, tiled into one PNG in the config's
+work dir unless told otherwise."""
 import importlib.util
 import os.path as osp
 
@@ -25,7 +26,11 @@ def draw_tool():
     return module
 
 
-def check_figure(figure, out, first_image, height, width):
+def check_figure(figure, out, first_image, factor):
+    """``first_image`` drawn ``factor`` times larger in the first panel of a
+    2 x 2 grid."""
+    first_image = first_image.repeat(factor, 0).repeat(factor, 1)
+    height, width = first_image.shape[:2]
     # 3 images in rows of 2: the fourth cell is black padding.
     assert figure.shape == (2 * height, 2 * 2 * width, 3)
     assert not figure[height:, 2 * width:].any()
@@ -37,17 +42,19 @@ def check_figure(figure, out, first_image, height, width):
 
 
 @pytest.mark.slow
-def test_draw_mask_rcnn_predictions(tmp_path, draw_tool):
+def test_draw_mask_rcnn_predictions(tmp_path, draw_tool, monkeypatch):
     root = str(tmp_path / 'coco')
     make_coco_shapes(root, splits=(('val', 3), ), size=(64, 64))
-    out = str(tmp_path / 'det.png')
+    monkeypatch.chdir(tmp_path)
     figure = draw_tool.main([
         osp.join(SHAPES, 'mask-rcnn_vit-adapter-ti-mpvg_fpn_shapes.py'),
-        'none', '--out', out, '--num-images', '4', '--score-thr', '0.0',
+        'none', '--num-images', '4', '--score-thr', '0.0',
         '--cfg-options', f'test_dataloader.dataset.data_root={root}/'])
+    out = tmp_path / ('work_dirs/mask-rcnn_vit-adapter-ti-mpvg_fpn_shapes/'
+                      'predictions.png')
     first = mmcv.imread(osp.join(root, 'val', '000001.jpg'),
                         channel_order='rgb')
-    check_figure(figure, out, first, 64, 64)
+    check_figure(figure, str(out), first, 4)
 
 
 @pytest.mark.slow
@@ -57,12 +64,13 @@ def test_draw_upernet_predictions(tmp_path, draw_tool):
     out = str(tmp_path / 'seg.png')
     figure = draw_tool.main([
         osp.join(SHAPES, 'upernet_vit-adapter-ti-mpvg_shapes-64x64.py'),
-        'none', '--out', out,
+        'none', '--out', out, '--work-dir', str(tmp_path / 'unused'),
         '--cfg-options', f'test_dataloader.dataset.data_root={root}'])
     first = mmcv.imread(
         osp.join(root, 'images', 'validation', 'ADE_validation_00000000.jpg'),
         channel_order='rgb')
-    check_figure(figure, out, first, 96, 128)
+    check_figure(figure, out, first, 3)  # 96 px -> 288 px
+    assert not (tmp_path / 'unused').exists()
 
 
 @pytest.mark.slow
@@ -84,9 +92,10 @@ def test_draw_loads_every_weight_of_any_detector(tmp_path, draw_tool):
     options = ['--cfg-options', f'test_dataloader.dataset.data_root={root}/']
     out = str(tmp_path / 'det.png')
     figure = draw_tool.main([config, full, '--out', out, '--num-images', '4',
-                             '--score-thr', '0.0'] + options)
+                             '--score-thr', '0.0', '--min-size', '0'] +
+                            options)
     first = mmcv.imread(osp.join(root, 'val', '000001.jpg'),
                         channel_order='rgb')
-    check_figure(figure, out, first, 64, 64)
+    check_figure(figure, out, first, 1)
     with pytest.raises(ValueError, match='fc_cls.weight'):
         draw_tool.main([config, partial, '--out', out] + options)

@@ -1,5 +1,5 @@
 """One-call inference the OpenMMLab way: the libraries' inferencers run our
-configs and checkpoints, and demo/image_demo.py draws their results."""
+configs and checkpoints, and tools/image_demo.py draws their results."""
 import importlib.util
 import os.path as osp
 
@@ -21,7 +21,7 @@ DET = osp.join(SHAPES, 'mask-rcnn_vit-adapter-ti-mpvg_fpn_shapes.py')
 SEG = osp.join(SHAPES, 'upernet_vit-adapter-ti-mpvg_shapes-64x64.py')
 
 spec = importlib.util.spec_from_file_location(
-    'image_demo', osp.join(REPO, 'demo/image_demo.py'))
+    'image_demo', osp.join(REPO, 'tools/image_demo.py'))
 image_demo = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(image_demo)
 
@@ -55,8 +55,8 @@ def test_classification_inferencer(tmp_path):
     np.testing.assert_allclose(out['predictions']['pred_scores'], scores,
                                atol=1e-6)
     assert out['predictions']['pred_label'] == int(scores.argmax())
-    assert osp.getsize(out['drawing']) > 0
-
+    # 32 px, drawn 8 times larger (the 256 px default of --min-size).
+    assert mmcv.imread(out['drawing']).shape[:2] == (256, 256)
 
 
 @pytest.mark.slow
@@ -76,7 +76,7 @@ def test_det_inferencer(tmp_path):
     assert (boxes[:, :2] >= 0).all() and (boxes[:, 2] <= width).all() \
         and (boxes[:, 3] <= height).all()
     assert len(pred['masks']) == len(pred['labels'])
-    assert osp.getsize(out['drawing']) > 0
+    assert mmcv.imread(out['drawing']).shape[:2] == (2 * height, 2 * width)
 
 
 @pytest.mark.slow
@@ -93,4 +93,5 @@ def test_seg_inferencer(tmp_path):
     assert seg.shape == mmcv.imread(image).shape[:2]
     assert 0 <= seg.min() and seg.max() < len(ADE20KDataset.METAINFO[
         'classes'])
-    assert osp.getsize(out['drawing']) > 0
+    # 96 x 128, drawn 3 times larger to reach a 256 px shorter side.
+    assert mmcv.imread(out['drawing']).shape[:2] == (288, 384)

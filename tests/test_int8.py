@@ -221,7 +221,7 @@ def test_int8_and_amp_exclude_each_other(test_tool, capsys):
 def test_inferencer_serves_int8(tmp_path, one_thread):
     import importlib.util
     spec = importlib.util.spec_from_file_location(
-        'image_demo', osp.join(REPO, 'demo/image_demo.py'))
+        'image_demo', osp.join(REPO, 'tools/image_demo.py'))
     image_demo = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(image_demo)
     model, _ = tiny_classifier('vit', 'mpvg')

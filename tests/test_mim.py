@@ -31,3 +31,15 @@ def test_mim_train_runs_our_train_script(tmp_path):
         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert glob.glob(str(tmp_path / 'epoch_3.pth'))
+
+
+def test_every_collection_links_the_paper():
+    """What ``mim search mmmpvg --field paper`` lists, read as mim does."""
+    from modelindex.load_model_index import load
+    collections = load(osp.join(REPO, 'model-index.yml')).collections
+    assert len(collections) == 7
+    for collection in collections:
+        assert collection.paper == {
+            'Title': 'Maximizing the Position Embedding for Vision '
+            'Transformers with Global Average Pooling (AAAI 2025)',
+            'URL': 'https://doi.org/10.1609/aaai.v39i17.33997'}, collection.name

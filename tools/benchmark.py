@@ -343,7 +343,8 @@ def find(result, **match):
 
 
 def targets(result, args):
-    """The issue's targets next to the measured values (no assertion)."""
+    """The speed and memory targets of docs/en/user_guides/benchmarks.md
+    next to the measured values (printed, never asserted)."""
     checks = []
 
     def check(name, value, bound, above=True):

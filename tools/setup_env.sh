@@ -187,13 +187,12 @@ else
 fi
 pip_install "$(mmcv_wheel)"
 
-log "installing mmengine, mmdet, mmseg, mmpretrain and the tools"
-pip_install -r requirements/runtime.txt
-log "installing the deploy extra (onnx, onnxruntime, fvcore)"
-pip_install -r requirements/deploy.txt
-pip_install -r requirements/docs.txt  # the docs extra: Sphinx, myst-parser, furo
-# openmim without opendatalab/openxlab (they pin setuptools~=60.2).
-pip_install --no-deps openmim
+log "installing mmengine, mmpretrain, mmdet, mmseg and the test tools"
+pip_install -r requirements/runtime.txt -r requirements/det.txt \
+  -r requirements/seg.txt -r requirements/tests.txt
+log "installing the deploy and docs extras (onnx, onnxruntime, fvcore; Sphinx) and openmim"
+pip_install -r requirements/deploy.txt -r requirements/docs.txt \
+  -r requirements/mim.txt
 pip_install --no-build-isolation --no-deps -e .
 
 "$PY" - <<'EOF'

@@ -20,6 +20,8 @@ from mmmpvg.deploy.quantization import (Int8TestHook, add_int8_argument,
 from mmmpvg.engine import enable_test_amp
 from mmmpvg.engine.runner import apply_common_args
 from mmmpvg.engine.runner import build_runner as build_config_runner
+from mmmpvg.engine.cli import add_debug_arg, run_tool
+from mmmpvg.engine.smoke import add_smoke_args, apply_smoke_args
 
 
 def parse_args(argv=None):
@@ -53,6 +55,8 @@ def parse_args(argv=None):
         default='none',
         help='job launcher')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    add_smoke_args(parser)
+    add_debug_arg(parser)
     args = parser.parse_args(argv)
     if 'LOCAL_RANK' not in os.environ:
         os.environ['LOCAL_RANK'] = str(args.local_rank)
@@ -68,6 +72,7 @@ def parse_args(argv=None):
 
 def merge_args(cfg, args):
     """Apply the command line to the config (CLI beats config)."""
+    apply_smoke_args(cfg, args)
     apply_common_args(cfg, args)
     if args.amp:
         enable_test_amp(cfg)
@@ -100,4 +105,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    run_tool(main)

@@ -13,6 +13,8 @@ from mmengine.config import Config, DictAction
 from mmmpvg.engine import enable_amp
 from mmmpvg.engine.runner import apply_common_args
 from mmmpvg.engine.runner import build_runner as build_config_runner
+from mmmpvg.engine.cli import add_debug_arg, run_tool
+from mmmpvg.engine.smoke import add_smoke_args, apply_smoke_args
 
 
 def parse_args(argv=None):
@@ -47,6 +49,8 @@ def parse_args(argv=None):
         help='job launcher')
     # torch.distributed.launch passes --local-rank; torchrun sets LOCAL_RANK.
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    add_smoke_args(parser)
+    add_debug_arg(parser)
     args = parser.parse_args(argv)
     if 'LOCAL_RANK' not in os.environ:
         os.environ['LOCAL_RANK'] = str(args.local_rank)
@@ -55,6 +59,7 @@ def parse_args(argv=None):
 
 def merge_args(cfg, args):
     """Apply the command line to the config (CLI beats config)."""
+    apply_smoke_args(cfg, args)
     apply_common_args(cfg, args)
     if args.amp:
         enable_amp(cfg)
@@ -85,4 +90,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    run_tool(main)

@@ -58,8 +58,22 @@ def add_data_args(parser: argparse.ArgumentParser, num_images: int):
     parser.add_argument(
         '--cfg-options', nargs='+', action=DictAction, default={},
         help='override config keys, e.g. model.backbone.pe_cfg.method=pvg')
-    parser.add_argument('--out-dir', required=True,
-                        help='folder for the PNG figures and the JSON')
+    parser.add_argument(
+        '--out-dir',
+        help='folder for the PNG figures and the JSON (default: '
+        'work_dirs/<config name>/<tool name>, beside what tools/train.py '
+        'writes)')
+
+
+def resolve_out_dir(args, tool: str, config: Optional[str] = None):
+    """``args.out_dir`` or, without ``--out-dir``, the tool's folder in the
+    config's work dir (``work_dirs/<tool>`` without a config)."""
+    if args.out_dir is None:
+        parts = ['work_dirs', tool]
+        if config is not None:
+            parts.insert(1, osp.splitext(osp.basename(config))[0])
+        args.out_dir = osp.join(*parts)
+    return args
 
 
 def add_model_args(parser: argparse.ArgumentParser):

@@ -4,7 +4,7 @@ ADE20K-style semantic set (JPEGs + PNG label maps, 0 = unlabelled)."""
 import json
 import os
 import os.path as osp
-from typing import List, Tuple
+from typing import List, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -65,16 +65,28 @@ def _draw_image(rng: np.random.Generator, height: int, width: int,
 def make_coco_shapes(root: str, splits=(('train', 8), ('val', 4)),
                      size: Tuple[int, int] = (128, 128), max_shapes: int = 3,
                      shape_size: Tuple[float, float] = DEFAULT_SHAPE_SIZE,
-                     seed: int = 0) -> dict:
-    """Write ``root/{split}/*.jpg`` and ``root/annotations/{split}.json``.
+                     seed: int = 0, categories: Sequence[dict] = None,
+                     ann_file_prefix: str = '') -> dict:
+    """Write ``root/{split}/*.jpg`` and
+    ``root/annotations/{ann_file_prefix}{split}.json``.
 
     Returns ``{split: ann_file}``. Squares and triangles are polygons,
     discs compressed RLE, as in COCO.
+
+    Args:
+        categories: The JSON's categories (``id``, ``name``); shape ``k`` is
+            annotated as the ``k``-th. Default: one per shape class.
+        ann_file_prefix: e.g. ``'instances_'`` for COCO's file names.
     """
     _check_shape_size(shape_size)
     rng = np.random.default_rng(seed)
     os.makedirs(osp.join(root, 'annotations'), exist_ok=True)
-    categories = [dict(id=i + 1, name=n) for i, n in enumerate(SHAPE_CLASSES)]
+    if categories is None:
+        categories = [dict(id=i + 1, name=n)
+                      for i, n in enumerate(SHAPE_CLASSES)]
+    if len(categories) < len(SHAPE_CLASSES):
+        raise ValueError(f'{len(categories)} categories for '
+                         f'{len(SHAPE_CLASSES)} shape classes')
     ann_files = {}
     ann_id = 1
     for split, num_images in splits:
@@ -96,12 +108,14 @@ def make_coco_shapes(root: str, splits=(('train', 8), ('val', 4)),
                                         counts=rle['counts'].decode())
                 x, y, w, h = mask_utils.toBbox(rle).tolist()
                 annotations.append(dict(
-                    id=ann_id, image_id=image_id, category_id=cls + 1,
+                    id=ann_id, image_id=image_id,
+                    category_id=categories[cls]['id'],
                     segmentation=segmentation,
                     area=float(mask_utils.area(rle)), bbox=[x, y, w, h],
                     iscrowd=0))
                 ann_id += 1
-        ann_file = osp.join(root, 'annotations', f'{split}.json')
+        ann_file = osp.join(root, 'annotations',
+                            f'{ann_file_prefix}{split}.json')
         with open(ann_file, 'w') as f:
             json.dump(dict(info=dict(description='mmmpvg test shapes'),
                            licenses=[], images=images,

@@ -29,6 +29,7 @@ from mmengine.runner.checkpoint import CheckpointLoader
 __all__ = [
     'MMENGINE_CHECKPOINT_GLOBALS', 'NUMPY_DTYPE_CODES', 'UnsafeCheckpointError',
     'DamagedCheckpointError', 'WEIGHTS_ONLY_BY_DEFAULT', 'checkpoint_damage',
+    'written_by_torch_save',
     'mmengine_checkpoint_globals', 'install_checkpoint_allowlist'
 ]
 
@@ -65,6 +66,22 @@ def checkpoint_damage(path: str):
     except (zipfile.BadZipFile, OSError, EOFError) as error:
         return f'not a complete torch checkpoint ({error})'
     return f'member {bad} is corrupt' if bad else None
+
+
+# torch.save writes a zip archive; before torch 1.6 (and with
+# _use_new_zipfile_serialization=False) a pickle that opens with its magic
+# number under pickle protocol 2.
+_ZIP_HEADER = b'PK\x03\x04'
+_LEGACY_TORCH_HEADER = pickle.dumps(torch.serialization.MAGIC_NUMBER,
+                                    protocol=2)[:-1]
+
+
+def written_by_torch_save(path: str) -> bool:
+    """Whether the local file ``path`` starts as ``torch.save``'s output
+    (it may still be cut short)."""
+    with open(path, 'rb') as f:
+        head = f.read(len(_LEGACY_TORCH_HEADER))
+    return head.startswith(_ZIP_HEADER) or head == _LEGACY_TORCH_HEADER
 
 
 def _history_buffer_statistic(owner, name):
@@ -161,6 +178,12 @@ def _refuse_foreign_objects(loader):
 
     @functools.wraps(loader)
     def load(filename, map_location):
+        if osp.isfile(filename) and not written_by_torch_save(filename):
+            raise DamagedCheckpointError(
+                f'Cannot read checkpoint {filename}: it is not a file '
+                'torch.save wrote (neither a zip archive nor the legacy '
+                'pickle format). Check the path, or download or copy the '
+                'checkpoint again.')
         with mmengine_checkpoint_globals():
             try:
                 return loader(filename, map_location)

@@ -1,11 +1,12 @@
 """What tools/train.py and tools/test.py share: CLI overrides and the Runner."""
 import glob
+import os
 import os.path as osp
 import re
 
 from mmengine.optim import OptimWrapperDict
 from mmengine.registry import RUNNERS
-from mmengine.runner import Runner
+from mmengine.runner import BaseLoop, Runner
 from mmengine.runner.checkpoint import find_latest_checkpoint
 
 from .checkpoint_compat import CheckpointCompatibilityHook
@@ -145,21 +146,62 @@ class CheckedRunner(Runner):
             groups[:] = [dict(group) for group in groups]
         return optim_wrapper
 
+    def _build_param_scheduler(self, scheduler, optim_wrapper):
+        """As MMEngine's, without the phases that would begin when training
+        is over.
+
+        A scheduler without ``end`` ends with training; MMEngine then
+        refuses one that begins at or after that point ("end should be
+        larger than begin"), so a warm-up-then-cosine recipe would fail
+        whenever ``max_epochs`` is cut to the warm-up or less. Such a
+        phase would never run: it is left out, with a warning.
+        """
+        schedulers = scheduler if isinstance(scheduler, (list, tuple)) \
+            else [scheduler]
+        kept = []
+        for item in schedulers:
+            if isinstance(item, dict) and 'end' not in item and \
+                    isinstance(self._train_loop, BaseLoop):
+                by_epoch = item.get('by_epoch', True)
+                length = self.max_epochs if by_epoch else self.max_iters
+                if item.get('begin', 0) >= length:
+                    self.logger.warning(
+                        f'{item["type"]} begins at '
+                        f'{"epoch" if by_epoch else "iteration"} '
+                        f'{item["begin"]}, when training ({length}) is over: '
+                        'it is left out.')
+                    continue
+            kept.append(item)
+        return super()._build_param_scheduler(kept, optim_wrapper)
+
     @staticmethod
     def build_dataloader(dataloader, seed=None, diff_rank_seed=False):
         if not isinstance(dataloader, dict):
             return Runner.build_dataloader(dataloader, seed, diff_rank_seed)
         dataset = dataloader.get('dataset', {})
         for where, root in _data_roots(dataset, 'dataset'):
-            if '://' not in str(root) and not osp.isdir(root):
+            if '://' in str(root):
+                continue
+            if not osp.isdir(root):
                 raise FileNotFoundError(
                     f'{where} {root!r} does not exist: point it at the data '
                     f'set (--cfg-options ..._dataloader.{where}=PATH).')
+            if not os.listdir(root):
+                raise FileNotFoundError(
+                    f'{where} {root!r} is an empty folder: put the data set '
+                    f'there in the layout the config reads, or point '
+                    f'{where} elsewhere; to try the config without the '
+                    f'data, see tools/make_smoke_data.py and --smoke.')
         described = f"data set {dataset.get('type', '?')}" + (
             f" at {dataset['data_root']!r}" if dataset.get('data_root')
             else '')
         try:
             loader = Runner.build_dataloader(dataloader, seed, diff_rank_seed)
+        except FileNotFoundError as error:
+            raise FileNotFoundError(
+                f'The {described} lacks a file its config names: {error}. '
+                'Check its layout against the config (data_root, ann_file, '
+                'data_prefix).') from error
         except ValueError as error:
             # mmengine's BaseDataset serialises its data list with
             # np.concatenate, which fails this way on an empty list.

@@ -28,7 +28,7 @@ import os.path as osp
 import numpy as np
 
 from mmmpvg.analysis.loading import (add_data_args, add_model_args,
-                                     summarize_model)
+                                     resolve_out_dir, summarize_model)
 from mmmpvg.analysis.plotting import (blank, fmt, heatmap, new_figure,
                                       save_figure, write_json)
 
@@ -39,7 +39,8 @@ def parse_args(argv=None):
         formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_args(parser)
     add_data_args(parser, num_images=64)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    return resolve_out_dir(args, 'last_ln_stats', args.config)
 
 
 def last_norm_numbers(summary) -> dict:

@@ -23,7 +23,8 @@ Writes to --out-dir: pe_correlation.png and pe_correlation.json.
 import argparse
 import os.path as osp
 
-from mmmpvg.analysis.loading import add_data_args, summarize_model
+from mmmpvg.analysis.loading import (add_data_args, resolve_out_dir,
+                                     summarize_model)
 from mmmpvg.analysis.plotting import (fmt, new_figure, save_figure,
                                       write_json)
 
@@ -43,7 +44,7 @@ def parse_args(argv=None):
         if len(model) not in (2, 3):
             parser.error('--model takes CONFIG CHECKPOINT [LABEL], got '
                          f'{model}')
-    return args
+    return resolve_out_dir(args, 'pe_correlation')
 
 
 def plot(results, path: str):

@@ -38,7 +38,7 @@ import os.path as osp
 import numpy as np
 
 from mmmpvg.analysis.loading import (add_data_args, add_model_args,
-                                     summarize_model)
+                                     resolve_out_dir, summarize_model)
 from mmmpvg.analysis.plotting import (blank, fmt, heatmap, new_figure,
                                       save_figure, write_json)
 
@@ -53,7 +53,8 @@ def parse_args(argv=None):
         '--tokens', choices=('ln1', 'residual'), default='ln1',
         help='token map of each layer: LN_l(x_l) or x_l (default: '
         '%(default)s)')
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    return resolve_out_dir(args, 'pe_heatmaps', args.config)
 
 
 def layer_columns(summary, tokens: str):

@@ -13,8 +13,10 @@ stretched over the input image:
 The class token, if any, has no place on the grid; its norms are in the
 JSON. Colours are scaled per panel (see each colour bar).
 
-Writes to --out-dir: token_norm_maps.png and token_norm_maps.json (the grids
-per image).
+Writes to --out-dir (default: work_dirs/<config name>/token_norm_map):
+token_norm_maps.png, one row per image for at most the first 16 images (a
+row is 2.7 inches, 297 pixels), and token_norm_maps.json with the grids of
+every image.
 """
 import argparse
 import os.path as osp
@@ -22,7 +24,7 @@ import os.path as osp
 from mmmpvg.analysis import find_pe_backbone, token_norms
 from mmmpvg.analysis.loading import (add_data_args, add_model_args,
                                      capture_records, iter_batches,
-                                     load_model, rgb)
+                                     load_model, resolve_out_dir, rgb)
 from mmmpvg.analysis.plotting import (new_figure, overlay, save_figure,
                                       write_json)
 
@@ -33,7 +35,8 @@ def parse_args(argv=None):
         formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_args(parser)
     add_data_args(parser, num_images=4)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    return resolve_out_dir(args, 'token_norm_map', args.config)
 
 
 def collect(model, backbone, batches):
@@ -68,7 +71,13 @@ TITLES = dict(before_last_norm='||x_out|| before Last LN',
               output="||LN(x_out) + LN''(pos)|| (MPVG output)")
 
 
+# Rows drawn at most; every image's numbers go to the JSON.
+MAX_FIGURE_ROWS = 16
+
+
 def plot(images, path: str, title: str):
+    """One row per image, the first :data:`MAX_FIGURE_ROWS` of them."""
+    images = images[:MAX_FIGURE_ROWS]
     stages = list(images[0]['grids'])
     fig, axes = new_figure(len(images), len(stages) + 1,
                            panel_size=(2.9, 2.7))
@@ -107,7 +116,10 @@ def main(argv=None):
             for item in images])
     json_path = write_json(osp.join(args.out_dir, 'token_norm_maps.json'),
                            numbers)
-    print(f'wrote {png}, {json_path}')
+    drawn = min(len(images), MAX_FIGURE_ROWS)
+    print(f'wrote {png} (images 0-{drawn - 1} of {len(images)}, one row '
+          f'each; at most {MAX_FIGURE_ROWS} are drawn), {json_path} (all '
+          f'{len(images)})')
     return numbers
 
 

@@ -3,7 +3,7 @@
 # also uses (RandomResizedCrop bicubic, flip, RandAugment m9-mstd0.5 inc,
 # random erasing 0.25 pixel, test resize 256 -> crop 224), Mixup 0.8 /
 # CutMix 1.0 and label smoothing 0.1; this file swaps in PECeiT and sets the
-# rest of the official CeiT recipe (paper Table 7, spec §2.3).
+# rest of the official CeiT recipe (paper Table 7).
 _base_ = 'mmpretrain::deit/deit-tiny_4xb256_in1k.py'
 
 custom_imports = dict(imports=['mmmpvg.models'], allow_failed_imports=False)

@@ -1,6 +1,6 @@
 # ViT-Lite-7/4 on CIFAR-100 at 32x32 with a switchable position-embedding
 # method: Compact-Transformers' `vit_7_4_32` with its CIFAR-100 recipe
-# (configs/datasets/cifar100.yml = paper Table 7, spec §4.4) on mmpretrain's
+# (its configs/datasets/cifar100.yml = paper Table 7) on mmpretrain's
 # CIFAR-100 data set.
 _base_ = [
     'mmpretrain::_base_/datasets/cifar100_bs16.py',
