@@ -8,6 +8,9 @@ import pytest
 import torch
 from mmengine.registry import DefaultScope
 
+# Assertions in the shared test helpers explain their failures too.
+pytest.register_assert_rewrite('model_zoo', 'pe_reference')
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 

@@ -31,6 +31,7 @@ TINY_BACKBONES = dict(
 IMG_SIZES = dict(deit=(32, 48), vit_lite=(32, 48), swin=(32, 48),
                  t2t=(64, 96), ceit=(64, 96))
 FAMILIES = tuple(sorted(TINY_BACKBONES))
+NUM_CLASSES = 5  # of the tiny classifiers
 # Families whose PVG/MPVG give layer 0 a PE norm too.
 PE_IN_LAYER0 = ('swin', 'ceit')
 # Families whose Last LN normalises one pooled token (CeiT: the LCA's
@@ -63,7 +64,8 @@ def backbone_cfg(family: str, method: str, cls_token=None, **overrides):
     return cfg
 
 
-def classifier_cfg(backbone: dict, num_classes: int = 5, **kwargs) -> dict:
+def classifier_cfg(backbone: dict, num_classes: int = NUM_CLASSES,
+                   **kwargs) -> dict:
     """An mmpretrain ImageClassifier around ``backbone`` (a GAP neck for a
     backbone that outputs feature maps)."""
     neck = dict(type='GlobalAveragePooling') \
@@ -72,6 +74,13 @@ def classifier_cfg(backbone: dict, num_classes: int = 5, **kwargs) -> dict:
                 head=dict(type='LinearClsHead', num_classes=num_classes,
                           in_channels=build(backbone).pe.stage_dims[-1]),
                 **kwargs)
+
+
+def arch_sizes(family: str):
+    """Width, depth, heads and MLP width of ``family``'s tiny arch."""
+    arch = TINY_BACKBONES[family]['arch']
+    return tuple(arch[key] for key in ('embed_dims', 'num_layers',
+                                       'num_heads', 'feedforward_channels'))
 
 
 def build(cfg: dict):
