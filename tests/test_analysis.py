@@ -120,10 +120,10 @@ def reference_plan(backbone, grid):
     per_layer = []
     for stage in backbone.pe_stages():
         for _ in stage.blocks:
-            norm = norms[str(len(per_layer))] \
-                if str(len(per_layer)) in norms else None
-            chain = chain if norm is None else layer_norm(chain, norm)
-            per_layer.append(None if norm is None else chain)
+            layer = str(len(per_layer))
+            if layer in norms:
+                chain = layer_norm(chain, norms[layer])
+            per_layer.append(chain if layer in norms else None)
         if stage.downsample is not None:
             chain, _ = stage.downsample(chain, grid)
             pos, grid = stage.downsample(pos, grid)
