@@ -8,6 +8,9 @@ import pytest
 import torch
 from mmengine.registry import DefaultScope
 
+# Assertions in the shared test helpers explain their failures too.
+pytest.register_assert_rewrite('model_zoo', 'pe_reference')
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -80,29 +83,19 @@ def _load_tool(name):
     return module
 
 
-@pytest.fixture(scope='session')
-def train_tool():
-    """tools/train.py as a module (``parse_args``, ``build_runner``)."""
-    return _load_tool('train')
+def _tool_fixture(name):
+    """A session fixture ``<name>_tool``: tools/<name>.py as a module."""
+    def tool():
+        return _load_tool(name)
+    tool.__doc__ = f'tools/{name}.py as a module.'
+    return pytest.fixture(tool, scope='session', name=f'{name}_tool')
 
 
-@pytest.fixture(scope='session')
-def test_tool():
-    """tools/test.py as a module (``parse_args``, ``build_runner``, ``main``).
-    """
-    return _load_tool('test')
-
-
-@pytest.fixture(scope='session')
-def benchmark_tool():
-    """tools/benchmark.py as a module."""
-    return _load_tool('benchmark')
-
-
-@pytest.fixture(scope='session')
-def benchmark_adapter_tool():
-    """tools/benchmark_adapter.py as a module."""
-    return _load_tool('benchmark_adapter')
+# train and test: ``parse_args``, ``build_runner`` (test also ``main``).
+train_tool = _tool_fixture('train')
+test_tool = _tool_fixture('test')
+benchmark_tool = _tool_fixture('benchmark')
+benchmark_adapter_tool = _tool_fixture('benchmark_adapter')
 
 
 @pytest.fixture(scope='session')

@@ -30,8 +30,13 @@ TINY_BACKBONES = dict(
 # Image sizes: the one the PE is stored for, and another (resize).
 IMG_SIZES = dict(deit=(32, 48), vit_lite=(32, 48), swin=(32, 48),
                  t2t=(64, 96), ceit=(64, 96))
+FAMILIES = tuple(sorted(TINY_BACKBONES))
+NUM_CLASSES = 5  # of the tiny classifiers
 # Families whose PVG/MPVG give layer 0 a PE norm too.
 PE_IN_LAYER0 = ('swin', 'ceit')
+# Families whose Last LN normalises one pooled token (CeiT: the LCA's
+# output), not the token map: the analysis records no Last LN for them.
+POOLED_LAST_NORM = ('ceit', )
 
 
 def uses_class_token(family: str, method: str) -> bool:
@@ -59,7 +64,8 @@ def backbone_cfg(family: str, method: str, cls_token=None, **overrides):
     return cfg
 
 
-def classifier_cfg(backbone: dict, num_classes: int = 5, **kwargs) -> dict:
+def classifier_cfg(backbone: dict, num_classes: int = NUM_CLASSES,
+                   **kwargs) -> dict:
     """An mmpretrain ImageClassifier around ``backbone`` (a GAP neck for a
     backbone that outputs feature maps)."""
     neck = dict(type='GlobalAveragePooling') \
@@ -70,8 +76,29 @@ def classifier_cfg(backbone: dict, num_classes: int = 5, **kwargs) -> dict:
                 **kwargs)
 
 
+def arch_sizes(family: str):
+    """Width, depth, heads and MLP width of ``family``'s tiny arch."""
+    arch = TINY_BACKBONES[family]['arch']
+    return tuple(arch[key] for key in ('embed_dims', 'num_layers',
+                                       'num_heads', 'feedforward_channels'))
+
+
 def build(cfg: dict):
     return MODELS.build(cfg)
+
+
+def classifier(family: str, method: str, seed: int = 0, **kwargs):
+    """A tiny classifier of ``family`` with random weights, in eval mode
+    (``kwargs``: backbone arguments)."""
+    model = build(classifier_cfg(backbone_cfg(family, method, **kwargs)))
+    return randomise(model, seed).eval()
+
+
+def images(family: str, size=None, batch: int = 2, seed: int = 0):
+    """Random images at ``family``'s stored size (or ``size``)."""
+    size = size or IMG_SIZES[family][0]
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, 3, size, size, generator=generator)
 
 
 def randomise(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:

@@ -1,4 +1,7 @@
-"""Analysis tools (tools/analysis/, mmmpvg.analysis): numbers and figures."""
+"""Analysis tools (tools/analysis/, mmmpvg.analysis): numbers and figures,
+for every backbone family through the contract (the capture hooks
+``backbone.pe_blocks()`` and their norms, calls ``block(x, hw_shape, pe)``);
+the statistics, the ViT-Adapter and the data-set input on DeiT."""
 import importlib.util
 import json
 import math
@@ -10,35 +13,18 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from mmpretrain.registry import MODELS
+from mmengine.config import Config
 
-import mmmpvg.models  # noqa: F401  (registers PEVisionTransformer)
 from mmmpvg.analysis import (PECapture, cosine, find_pe_backbone, pearson,
                              summarize, token_norms)
+from pe_families import (FAMILIES, METHODS, PE_IN_LAYER0, POOLED_LAST_NORM,
+                         VIT_ARCH, backbone_cfg, build, classifier,
+                         classifier_cfg, images, randomise, uses_class_token)
+from pe_reference import method_rules
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 DEMO_CONFIG = osp.join(REPO, 'configs', 'demo', 'mpvg_vit-micro_digits.py')
-TINY_ARCH = dict(embed_dims=32, num_layers=3, num_heads=2,
-                 feedforward_channels=64)
-# The paper's pairing of method and pooling (MPVG needs GAP).
-POOL = dict(default='cls', lape='cls', pvg='avg', mpvg='avg')
-LAYERS_WITH_PE = dict(default=[], lape=[0, 1, 2], pvg=[1, 2], mpvg=[1, 2])
-
-TINY_CONFIG = """
-custom_imports = dict(imports=['mmmpvg.models'], allow_failed_imports=False)
-default_scope = 'mmpretrain'
-model = dict(
-    type='ImageClassifier',
-    backbone=dict(
-        type='PEVisionTransformer',
-        arch=dict(embed_dims=32, num_layers=3, num_heads=2,
-                  feedforward_channels=64),
-        img_size=32, patch_size=8, global_pool={pool!r},
-        pe_cfg=dict(method={method!r})),
-    neck=None,
-    head=dict(type='LinearClsHead', num_classes=10, in_channels=32),
-    data_preprocessor=dict(mean=[127.5] * 3, std=[64.0] * 3, to_rgb=True))
-"""
+CASES = [(f, m) for f in FAMILIES for m in METHODS]
 
 
 def load_tool(name):
@@ -49,20 +35,13 @@ def load_tool(name):
     return module
 
 
-def build_backbone(method, seed=0):
-    """A tiny backbone whose LayerNorms are not the identity."""
-    torch.manual_seed(seed)
-    backbone = MODELS.build(dict(
-        type='PEVisionTransformer', arch=TINY_ARCH, img_size=32,
-        patch_size=8, global_pool=POOL[method], pe_cfg=dict(method=method)))
-    backbone.init_weights()
-    for module in backbone.modules():
-        if isinstance(module, nn.LayerNorm):
-            module.weight.normal_(1.0, 0.3)
-            module.bias.normal_(0.0, 0.3)
-    backbone.pos_embed.normal_(0.0, 1.0)
-    backbone.eval()
-    return backbone
+def pe_rules(family, method, num_layers):
+    return method_rules(method, num_layers, family in PE_IN_LAYER0)
+
+
+def deit_backbone(method, seed=0):
+    """The tiny DeiT with random weights (no identity LayerNorm)."""
+    return randomise(build(backbone_cfg('deit', method)), seed).eval()
 
 
 @pytest.fixture(autouse=True)
@@ -71,9 +50,9 @@ def no_grad():
         yield
 
 
-def capture(backbone, images):
+def capture(backbone, inputs):
     with PECapture(backbone) as hooks:
-        output = backbone(images)[0]
+        output = backbone(inputs)[0]
         return hooks.pop(), output
 
 
@@ -103,20 +82,136 @@ def image_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope='module')
-def tiny_configs(tmp_path_factory):
+def tiny_config(tmp_path_factory):
+    """``tiny_config(family, method)``: a config file of the tiny classifier
+    (written once per module)."""
     folder = tmp_path_factory.mktemp('configs')
-    paths = {}
-    for method, pool in POOL.items():
-        paths[method] = str(folder / f'tiny_{method}.py')
-        with open(paths[method], 'w') as f:
-            f.write(TINY_CONFIG.format(method=method, pool=pool))
-    return paths
+
+    def write(family, method):
+        path = folder / f'tiny_{family}_{method}.py'
+        if not path.exists():
+            model = classifier_cfg(
+                backbone_cfg(family, method), num_classes=10,
+                data_preprocessor=dict(mean=[127.5] * 3, std=[64.0] * 3,
+                                       to_rgb=True))
+            Config(dict(custom_imports=dict(imports=['mmmpvg.models'],
+                                            allow_failed_imports=False),
+                        default_scope='mmpretrain', model=model)).dump(
+                str(path))
+        return str(path)
+
+    return write
 
 
 def assert_png(path):
     assert osp.getsize(path) > 1000, path
     with open(path, 'rb') as f:
         assert f.read(8) == b'\x89PNG\r\n\x1a\n', path
+
+
+# --- capture, every family ------------------------------------------------
+
+def reference_plan(backbone, grid):
+    """pe_l of every layer and LN''(pos_0), written out: LN'_l applied along
+    the layers from pos_0 (Eq. 9 / 10); over a stage boundary the PEs take
+    the tokens' downsampling."""
+    norms = backbone.pe.layer_norms
+    chain = pos = backbone.resized_pos_embed(grid)
+    per_layer = []
+    for stage in backbone.pe_stages():
+        for _ in stage.blocks:
+            layer = str(len(per_layer))
+            if layer in norms:
+                chain = layer_norm(chain, norms[layer])
+            per_layer.append(chain if layer in norms else None)
+        if stage.downsample is not None:
+            chain, _ = stage.downsample(chain, grid)
+            pos, grid = stage.downsample(pos, grid)
+    last = backbone.pe.last_pos_norm
+    return per_layer, None if last is None else layer_norm(pos, last)
+
+
+@pytest.mark.parametrize('family,method', CASES)
+def test_capture_records_what_each_module_computes(family, method):
+    model = classifier(family, method)
+    backbone = model.backbone
+    with PECapture(backbone) as hooks:
+        (pooled, ) = model.extract_feat(images(family))
+        record = hooks.pop()
+    rules = pe_rules(family, method, backbone.pe.num_layers)
+    assert record.grid_size == backbone.pe.grid_size
+    pos = backbone.resized_pos_embed(record.grid_size)
+    if rules['add']:
+        torch.testing.assert_close(record.plan.to_input, pos)
+    else:
+        assert record.plan.to_input is None
+
+    # PE chain: hierarchical LN'_l from pos_0, module weights.
+    per_layer, to_last_norm = reference_plan(backbone, record.grid_size)
+    assert [i for i, pe in enumerate(record.layer_pe) if pe is not None] \
+        == rules['layers']
+    for layer, pe in enumerate(per_layer):
+        if pe is not None:
+            torch.testing.assert_close(record.layer_pe[layer], pe)
+    assert (record.plan.to_last_norm is not None) == rules['last']
+    if rules['last']:
+        torch.testing.assert_close(record.plan.to_last_norm, to_last_norm)
+
+    # Each layer: its norm's output is LN_l(x_l), and running the layer (and
+    # a stage's downsampling) on what was recorded gives the next input.
+    layer, x_next, grid_next = 0, None, record.grid_size
+    for stage in backbone.pe_stages():
+        for block in stage.blocks:
+            x, grid = record.layer_inputs[layer], record.layer_grids[layer]
+            assert grid == grid_next
+            assert x.shape == (2, grid[0] * grid[1]
+                               + backbone.num_extra_tokens,
+                               backbone.pe.layer_dims[layer])
+            if x_next is not None:
+                torch.testing.assert_close(x, x_next)
+            torch.testing.assert_close(record.layer_ln1[layer],
+                                       layer_norm(x, block.pe_norm))
+            assert record.patch_grid(record.layer_ln1[layer]).shape == (
+                2, *grid, x.shape[-1])
+            x_next = block(x, grid, record.layer_pe[layer])
+            layer += 1
+        if stage.downsample is not None:
+            x_next, grid_next = stage.downsample(x_next, grid)
+    assert layer == len(record.layer_inputs)
+    if family in POOLED_LAST_NORM:  # see its own file
+        return
+    torch.testing.assert_close(record.last_norm_input, x_next)
+    torch.testing.assert_close(
+        record.last_norm_output,
+        layer_norm(x_next, backbone.pe_last_norm()))
+    # Pooling the captured output tokens gives what the neck/head gets.
+    torch.testing.assert_close(record.pool(record.output_tokens), pooled)
+
+
+@pytest.mark.parametrize('family', FAMILIES)
+def test_summary_keeps_each_layers_shape_and_finds_the_backbone(family):
+    model = classifier(family, 'mpvg')
+    backbone = find_pe_backbone(model)
+    assert backbone is model.backbone
+    records = []
+    with PECapture(backbone) as hooks:
+        for seed in range(2):
+            backbone(images(family, seed=seed))
+            records.append(hooks.pop())
+    summary = summarize(backbone, records)
+    assert summary.num_images == 4
+    assert [tuple(m.shape) for m in summary.token_ln1] == [
+        tuple(x.shape[1:]) for x in records[0].layer_inputs]
+    layers = pe_rules(family, 'mpvg', backbone.pe.num_layers)['layers']
+    assert summary.layers_with_pe == layers
+    pearsons = summary.layer_pearson()
+    assert len(pearsons) == backbone.pe.num_layers
+    assert [i for i, r in enumerate(pearsons) if r is not None] == layers
+    assert all(-1 <= r <= 1 for r in pearsons if r is not None)
+    if family not in POOLED_LAST_NORM:
+        (h, w), dims = records[0].layer_grids[-1], backbone.pe.layer_dims[-1]
+        assert summary.last_norm.pe.shape == (h * w, dims)
+        assert summary.last_norm.gamma.shape == (dims, )
 
 
 # --- statistics -----------------------------------------------------------
@@ -145,52 +240,22 @@ def test_cosine_matches_numpy():
     np.testing.assert_allclose(cosine(a, b).numpy(), expected, rtol=1e-12)
 
 
-@pytest.mark.parametrize('method', list(POOL))
-def test_capture_returns_what_each_module_computes(method):
-    backbone = build_backbone(method)
-    images = torch.randn(2, 3, 32, 32)
-    record, output = capture(backbone, images)
+# --- DeiT ------------------------------------------------------------------
 
-    tokens, grid = backbone.embed(images)
+@pytest.mark.parametrize('method', METHODS)
+def test_layer_0_gets_the_patch_tokens_with_pos_0_added(method):
+    """x_0 against the patch embedding's own output (LaPE adds no pos_0)."""
+    backbone = deit_backbone(method)
+    x = images('deit')
+    record, _ = capture(backbone, x)
+    tokens, grid = backbone.embed(x)
     pos = backbone.resized_pos_embed(grid)
-    x0 = tokens + pos if method != 'lape' else tokens
-    torch.testing.assert_close(record.layer_inputs[0], x0)
-    assert record.grid_size == (4, 4)
-
-    # PE chain: hierarchical LN'_l from pos_0 (Eq. 7 / 10), module weights.
-    previous = pos
-    for layer in range(len(backbone.layers)):
-        if layer in LAYERS_WITH_PE[method]:
-            norm = backbone.pe.layer_norms[str(layer)]
-            previous = layer_norm(previous, norm)
-            torch.testing.assert_close(record.layer_pe[layer], previous)
-        else:
-            assert record.layer_pe[layer] is None
-
-    for layer, module in enumerate(backbone.layers):
-        x = record.layer_inputs[layer]
-        torch.testing.assert_close(record.layer_ln1[layer],
-                                   layer_norm(x, module.ln1))
-        x_next = module(x, grid, record.layer_pe[layer])
-        following = (record.layer_inputs[layer + 1]
-                     if layer + 1 < len(backbone.layers)
-                     else record.last_norm_input)
-        torch.testing.assert_close(following, x_next)
-    torch.testing.assert_close(
-        record.last_norm_output,
-        layer_norm(record.last_norm_input, backbone.ln1))
-    if method == 'mpvg':
-        torch.testing.assert_close(
-            record.plan.to_last_norm,
-            layer_norm(pos, backbone.pe.last_pos_norm))
-    else:
-        assert record.plan.to_last_norm is None
-    # Pooling the captured output tokens gives the backbone's own output.
-    torch.testing.assert_close(record.pool(record.output_tokens), output)
+    torch.testing.assert_close(record.layer_inputs[0],
+                               tokens if method == 'lape' else tokens + pos)
 
 
 def test_capture_unhooks_and_refuses_incomplete_passes():
-    backbone = build_backbone('pvg')
+    backbone = deit_backbone('pvg')
     with PECapture(backbone) as hooks:
         with pytest.raises(RuntimeError, match='No forward pass'):
             hooks.pop()
@@ -209,7 +274,8 @@ def test_capture_works_inside_a_vit_adapter(method):
     """ViT-Adapter runs the same layers between its interaction blocks, on
     the whole image also with window attention, and no Last LN by default."""
     from mmmpvg.adapter import ViTAdapter
-    small = dict(arch=TINY_ARCH, img_size=32, patch_size=16,
+    arch = dict(VIT_ARCH, num_layers=3)
+    small = dict(arch=arch, img_size=32, patch_size=16,
                  interaction_indexes=[[0, 1], [2, 2]], deform_num_heads=2,
                  norm_cfg=dict(type='BN'), pe_cfg=dict(method=method))
     torch.manual_seed(0)
@@ -218,7 +284,7 @@ def test_capture_works_inside_a_vit_adapter(method):
     record, _ = capture(adapter, torch.randn(2, 3, 64, 64))
     assert record.grid_size == (4, 4)
     assert [i for i, pe in enumerate(record.layer_pe) if pe is not None] \
-        == LAYERS_WITH_PE[method]
+        == pe_rules('deit', method, 3)['layers']
     for layer, module in enumerate(adapter.layers):
         torch.testing.assert_close(
             record.layer_ln1[layer],
@@ -241,10 +307,11 @@ def test_capture_works_inside_a_vit_adapter(method):
 def test_summary_finds_a_correlation_set_through_the_weights(method):
     """ln1 and the PE LNs with gamma=0 output their beta on every token, so
     r(LN_l(x_l), pe_l) is r(beta of ln1, beta of LN'_l), chosen here."""
-    backbone = build_backbone(method)
-    u, v = centred_orthonormal_pair(TINY_ARCH['embed_dims'])
-    wanted = {0: 0.3, 1: 0.6, 2: -0.8}
-    for layer in LAYERS_WITH_PE[method]:
+    backbone = deit_backbone(method)
+    u, v = centred_orthonormal_pair(VIT_ARCH['embed_dims'])
+    wanted = {0: 0.3, 1: 0.6, 2: -0.8, 3: 0.45}
+    layers = pe_rules('deit', method, len(wanted))['layers']
+    for layer in layers:
         rho = wanted[layer]
         backbone.layers[layer].ln1.weight.zero_()
         backbone.layers[layer].ln1.bias.copy_(
@@ -260,10 +327,8 @@ def test_summary_finds_a_correlation_set_through_the_weights(method):
                for n in (3, 2)]
     summary = summarize(backbone, records)
 
-    expected = [wanted[layer] if layer in LAYERS_WITH_PE[method] else None
-                for layer in range(3)]
-    expected = [None if r is None else pytest.approx(r, abs=1e-6)
-                for r in expected]
+    expected = [pytest.approx(wanted[layer], abs=1e-6) if layer in layers
+                else None for layer in range(len(wanted))]
     assert summary.layer_pearson() == expected
     assert summary.pearson_per_image == expected
     if method == 'mpvg':
@@ -274,9 +339,9 @@ def test_summary_finds_a_correlation_set_through_the_weights(method):
 
 @pytest.mark.parametrize('method', ['default', 'mpvg'])
 def test_summary_averages_over_all_images(method):
-    backbone = build_backbone(method)
+    backbone = deit_backbone(method)
     batches = [torch.randn(n, 3, 32, 32) for n in (3, 2)]
-    records = [capture(backbone, images)[0] for images in batches]
+    records = [capture(backbone, batch)[0] for batch in batches]
     summary = summarize(backbone, records)
     assert summary.num_images == 5
 
@@ -299,15 +364,16 @@ def test_summary_averages_over_all_images(method):
     # Pooled token before the Last LN, by running the layers; after it,
     # the backbone's own output.
     before, after = [], []
-    for images in batches:
-        x, grid = backbone.embed(images)
+    for batch in batches:
+        x, grid = backbone.embed(batch)
         plan = backbone.pe_plan(grid)
         if plan.to_input is not None:
             x = x + plan.to_input
         for layer, pe in zip(backbone.layers, plan.per_layer):
             x = layer(x, grid, pe)
-        before.append(x[:, 0] if POOL[method] == 'cls' else x.mean(1))
-        after.append(backbone(images)[0])
+        before.append(x[:, 0] if uses_class_token('deit', method)
+                      else x.mean(1))
+        after.append(backbone(batch)[0])
     before = torch.cat(before).double().numpy()
     after = torch.cat(after).double().numpy()
 
@@ -325,7 +391,7 @@ def test_summary_averages_over_all_images(method):
 def test_token_norms_follow_the_patch_grid():
     """Patch token n (row-major on the h x w grid) must land at (n // w,
     n % w); the class token stays off the grid."""
-    backbone = build_backbone('default')
+    backbone = deit_backbone('default')
     record, _ = capture(backbone, torch.randn(1, 3, 32, 24))
     assert record.grid_size == (4, 3)
     tokens = torch.zeros(1, 1 + 12, 32)
@@ -339,56 +405,90 @@ def test_token_norms_follow_the_patch_grid():
 
 # --- the command-line tools -----------------------------------------------
 
+# Every method on DeiT; elsewhere a class-token method (none on Swin) and
+# MPVG.
+TOOL_CASES = [('deit', m) for m in METHODS] + [
+    ('swin', 'default'), ('swin', 'mpvg'), ('t2t', 'lape'), ('t2t', 'mpvg'),
+    ('ceit', 'mpvg'), ('vit_lite', 'lape'), ('vit_lite', 'mpvg')]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize('method', list(POOL))
-def test_tools_write_figures_and_numbers_for_every_method(
-        method, tiny_configs, image_dir, tmp_path):
-    config = tiny_configs[method]
+@pytest.mark.parametrize('family,method', TOOL_CASES)
+def test_tools_write_figures_and_numbers(family, method, tiny_config,
+                                         image_dir, tmp_path):
+    config = tiny_config(family, method)
     common = [config, 'none', '--images', image_dir, '--batch-size', '2']
+    # What the tools should find: the layers and shapes of one pass.
+    backbone = build(backbone_cfg(family, method)).eval()
+    record, _ = capture(backbone, images(family))
+    shapes = [tuple(x.shape[1:]) for x in record.layer_inputs]
+    layers = pe_rules(family, method, len(shapes))['layers']
+    last_norm = family not in POOLED_LAST_NORM
 
     heat = load_tool('pe_heatmaps').main(
         common + ['--out-dir', str(tmp_path / 'heat')])
     assert_png(tmp_path / 'heat' / 'pe_heatmaps.png')
     with open(tmp_path / 'heat' / 'pe_heatmaps.json') as f:
         saved = json.load(f)
+    assert heat == saved
     assert saved['num_images'] == 3
-    assert saved['layers_with_pe'] == LAYERS_WITH_PE[method]
+    assert saved['layers_with_pe'] == layers
     pearsons = [c['pearson'] for c in saved['columns']]
-    assert [i for i, r in enumerate(pearsons[:3]) if r is not None] == \
-        LAYERS_WITH_PE[method]
-    assert (pearsons[-1] is not None) == (method == 'mpvg')
+    assert len(pearsons) == len(shapes) + 2 * last_norm
+    assert [i for i, r in enumerate(pearsons[:len(shapes)])
+            if r is not None] == layers
+    if last_norm:
+        assert (pearsons[-1] is not None) == (method == 'mpvg')
     assert (saved['note'] is not None) == (method == 'default')
-    if method != 'lape':  # layer 0 shows the PE added to the input
+    if method != 'lape' and 0 not in layers:  # x_0 shows pos_0 added
         assert saved['columns'][0]['pe_map'].startswith('pos_0')
     maps = np.load(tmp_path / 'heat' / 'pe_heatmaps.npz')
-    assert maps['layer_0/tokens'].shape == (16 + (POOL[method] == 'cls'), 32)
-    assert heat == saved
+    assert [maps[f'layer_{i}/tokens'].shape for i in range(len(shapes))] \
+        == shapes
 
-    stats = load_tool('last_ln_stats').main(
-        common + ['--out-dir', str(tmp_path / 'last')])
+    corr = load_tool('pe_correlation').main(
+        ['--model', config, 'none', '--images', image_dir,
+         '--out-dir', str(tmp_path / 'corr')])
+    with open(tmp_path / 'corr' / 'pe_correlation.json') as f:
+        saved = json.load(f)['models'][0]
+    assert saved['pearson'] == corr[0]['pearson']
+    assert len(saved['pearson']) == len(shapes)
+    assert [i for i, r in enumerate(saved['pearson']) if r is not None] \
+        == layers
+
+    last_ln_stats = load_tool('last_ln_stats').main
+    token_norm_map = load_tool('token_norm_map').main
+    if not last_norm:
+        for tool in (last_ln_stats, token_norm_map):
+            with pytest.raises(ValueError, match='LCA token'):
+                tool(common + ['--out-dir', str(tmp_path / 'refused')])
+        return
+    stats = last_ln_stats(common + ['--out-dir', str(tmp_path / 'last')])
     assert_png(tmp_path / 'last' / 'last_ln_stats.png')
-    assert stats['pooled'] == ('class token' if POOL[method] == 'cls'
-                               else 'mean over tokens')
+    assert stats['pooled'] == ('class token' if uses_class_token(
+        family, method) else 'mean over tokens')
     assert -1.0 <= stats['cosine_of_batch_means'] <= 1.0
     assert ('cosine_of_batch_means_ln_only' in stats) == (method == 'mpvg')
 
-    norms = load_tool('token_norm_map').main(
-        common + ['--num-images', '2', '--out-dir', str(tmp_path / 'norm')])
+    norms = token_norm_map(common + ['--num-images', '2', '--out-dir',
+                                     str(tmp_path / 'norm')])
     assert_png(tmp_path / 'norm' / 'token_norm_maps.png')
     assert len(norms['images']) == 2
     grids = norms['images'][0]['grids']
     assert sorted(grids) == sorted(
         ['before_last_norm', 'after_last_norm']
         + (['output'] if method == 'mpvg' else []))
-    assert np.asarray(grids['before_last_norm']).shape == (4, 4)
+    assert np.asarray(grids['before_last_norm']).shape == \
+        record.layer_grids[-1]
 
 
 @pytest.mark.slow
 def test_correlation_tool_puts_several_models_on_one_plot(
-        tiny_configs, image_dir, tmp_path):
+        tiny_config, image_dir, tmp_path):
     argv = []
-    for method, config in tiny_configs.items():
-        argv += ['--model', config, 'none', method.upper()]
+    for method in METHODS:
+        argv += ['--model', tiny_config('deit', method), 'none',
+                 method.upper()]
     results = load_tool('pe_correlation').main(
         argv + ['--images', image_dir, '--out-dir', str(tmp_path)])
     assert_png(tmp_path / 'pe_correlation.png')
@@ -398,36 +498,38 @@ def test_correlation_tool_puts_several_models_on_one_plot(
     for model in saved:
         method = model['method']
         assert [i for i, r in enumerate(model['pearson']) if r is not None] \
-            == LAYERS_WITH_PE[method]
+            == pe_rules('deit', method, VIT_ARCH['num_layers'])['layers']
         assert (model['last_norm_pearson'] is not None) == (method == 'mpvg')
     assert len(results) == 4
     with pytest.raises(SystemExit):
         load_tool('pe_correlation').parse_args(
-            ['--model', tiny_configs['pvg'], '--out-dir', str(tmp_path)])
+            ['--model', tiny_config('deit', 'pvg'), '--out-dir',
+             str(tmp_path)])
 
 
 @pytest.mark.slow
 def test_tools_load_a_checkpoint_and_reject_one_that_does_not_fit(
-        tiny_configs, image_dir, tmp_path):
+        tiny_config, image_dir, tmp_path):
     from mmmpvg.analysis.loading import load_model
-    model, _ = load_model(tiny_configs['pvg'], 'none', seed=3)
+    pvg = tiny_config('deit', 'pvg')
+    model, _ = load_model(pvg, 'none', seed=3)
     model.backbone.pos_embed.normal_(0.0, 1.0)
     checkpoint = str(tmp_path / 'pvg.pth')
     torch.save(dict(state_dict=model.state_dict(), meta=dict(epoch=1)),
                checkpoint)
     load_tool('pe_heatmaps').main([
-        tiny_configs['pvg'], checkpoint, '--images', image_dir,
+        pvg, checkpoint, '--images', image_dir,
         '--out-dir', str(tmp_path / 'out')])
     maps = np.load(tmp_path / 'out' / 'pe_heatmaps.npz')
     np.testing.assert_allclose(maps['layer_0/pe'],
                                model.backbone.pos_embed[0].double().numpy())
 
     with pytest.raises(ValueError, match='does not fit the backbone'):
-        load_model(tiny_configs['mpvg'], checkpoint)  # no LN''
+        load_model(tiny_config('deit', 'mpvg'), checkpoint)  # no LN''
     with pytest.raises(ValueError, match='does not fit the model'):
-        load_model(tiny_configs['lape'], checkpoint)  # class token row
+        load_model(tiny_config('deit', 'lape'), checkpoint)  # class row
     with pytest.raises(FileNotFoundError, match='not found'):
-        load_model(tiny_configs['pvg'], str(tmp_path / 'missing.pth'))
+        load_model(pvg, str(tmp_path / 'missing.pth'))
 
 
 @pytest.mark.slow
@@ -450,12 +552,12 @@ def test_tools_read_the_data_set_of_a_config(tmp_path):
     assert_png(tmp_path / 'token_norm_maps.png')
 
 
-def test_tools_explain_bad_input(tiny_configs, tmp_path):
+def test_tools_explain_bad_input(tiny_config, tmp_path):
     empty = tmp_path / 'empty'
     empty.mkdir()
     with pytest.raises(ValueError, match='No images'):
         load_tool('pe_heatmaps').main([
-            tiny_configs['pvg'], 'none', '--images', str(empty),
+            tiny_config('deit', 'pvg'), 'none', '--images', str(empty),
             '--out-dir', str(tmp_path)])
 
 

@@ -44,28 +44,28 @@ def load_converted(model, state_dict):
     return missing
 
 
-def test_default_cls_matches_timm_deit_tiny():
-    reference = randomised(timm.create_model('deit_tiny_patch16_224'))
+def timm_gap_deit_tiny():
+    return VisionTransformer(embed_dim=192, depth=12, num_heads=3,
+                             class_token=False, global_pool='avg',
+                             fc_norm=False)
+
+
+# timm's DeiT-Ti (class token), and its GAP variant without fc_norm.
+TIMM_DEFAULTS = {
+    'cls': (lambda: timm.create_model('deit_tiny_patch16_224'),
+            dict(), 'VisionTransformerClsHead'),
+    'avg': (timm_gap_deit_tiny, dict(head_key='head.fc'), 'LinearClsHead'),
+}
+
+
+@pytest.mark.parametrize('pool', sorted(TIMM_DEFAULTS))
+def test_default_matches_timm_deit_tiny(pool):
+    make_timm, convert_args, head = TIMM_DEFAULTS[pool]
+    reference = randomised(make_timm())
     converted, notes = convert_deit_state_dict(
-        reference.state_dict(), dict(method='default'), 'cls')
+        reference.state_dict(), dict(method='default'), pool, **convert_args)
     assert notes == []
-    model = deit_tiny_classifier('cls').eval()
-    assert load_converted(model, converted) == []
-    images = torch.randn(2, 3, 224, 224)
-    with torch.no_grad():
-        torch.testing.assert_close(
-            model(images, mode='tensor'), reference(images),
-            rtol=1e-4, atol=1e-4)
-
-
-def test_default_gap_matches_timm_avg_pool_without_fc_norm():
-    reference = randomised(VisionTransformer(
-        embed_dim=192, depth=12, num_heads=3, class_token=False,
-        global_pool='avg', fc_norm=False))
-    converted, _ = convert_deit_state_dict(
-        reference.state_dict(), dict(method='default'), 'avg',
-        head_key='head.fc')
-    model = deit_tiny_classifier('avg', head='LinearClsHead').eval()
+    model = deit_tiny_classifier(pool, head=head).eval()
     assert load_converted(model, converted) == []
     images = torch.randn(2, 3, 224, 224)
     with torch.no_grad():
@@ -126,8 +126,7 @@ def test_lape_checkpoint_into_pvg_drops_layer0_pe_norm(tmp_path):
 
 
 def test_gap_checkpoint_cannot_feed_a_class_token_model():
-    source = VisionTransformer(embed_dim=192, depth=12, num_heads=3,
-                               class_token=False, global_pool='avg')
+    source = timm_gap_deit_tiny()
     with pytest.raises(ValueError, match='no class token'):
         convert_deit_state_dict(source.state_dict(), None, 'cls')
 

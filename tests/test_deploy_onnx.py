@@ -18,17 +18,16 @@ from mmmpvg.datasets.sklearn_digits import SklearnDigits
 from mmmpvg.deploy import (export_module, export_onnx, layernorm_calls,
                            load_model)
 from mmmpvg.models import fold_pe
+from pe_families import IMG_SIZES, METHODS, TINY_BACKBONES, build
 
 onnx = pytest.importorskip('onnx')
 ort = pytest.importorskip('onnxruntime')
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 DIGITS = osp.join(REPO, 'configs/demo/_base_/vit-micro_digits.py')
-SWIN = osp.join(REPO, 'configs/swin/swin-tiny_{}_4xb256_in1k.py')
 SHAPES = osp.join(REPO, 'configs/vit_adapter/shapes')
 SEG = osp.join(SHAPES, 'upernet_vit-adapter-ti-mpvg_shapes-64x64.py')
 DET = osp.join(SHAPES, 'mask-rcnn_vit-adapter-ti-mpvg_fpn_shapes.py')
-METHODS = ('default', 'lape', 'pvg', 'mpvg')
 TOL = 1e-4
 
 
@@ -55,16 +54,6 @@ def digits_model(method, pool='avg'):
     return randomised(load_model(cfg)[0])
 
 
-def swin_model(method):
-    cfg = Config.fromfile(SWIN.format(method))
-    cfg.model.backbone.update(
-        arch=dict(embed_dims=16, depths=[2, 2], num_heads=[1, 2]),
-        img_size=32, patch_size=2, window_size=4, drop_path_rate=0.,
-        out_indices=(1, ))
-    cfg.model.head.update(num_classes=5, in_channels=32)
-    return randomised(load_model(cfg)[0])
-
-
 def digits_images(model, count=3):
     data = SklearnDigits(split='test', num_samples=count)
     imgs = [torch.from_numpy(data.get_data_info(i)['img']).permute(2, 0, 1)
@@ -88,6 +77,12 @@ def assert_parity(graph, path, img):
         np.testing.assert_allclose(b, a.numpy(), rtol=0, atol=TOL)
 
 
+def pe_norm_count(model):
+    """LN'_l and LN'' of the model's PE."""
+    pe = model.backbone.pe
+    return len(pe.layer_norms) + (pe.last_pos_norm is not None)
+
+
 def layernorm_nodes(path):
     ops = collections.Counter(n.op_type for n in onnx.load(path).graph.node)
     return ops['LayerNormalization'], ops
@@ -107,8 +102,7 @@ def test_vit_classifier_parity_and_no_pe_layernorm(method, tmp_path):
         assert torch.equal(graph(real), graph(real))
 
     calls = layernorm_calls(graph, real)
-    pe_norms = len(model.backbone.pe.layer_norms) + (
-        model.backbone.pe.last_pos_norm is not None)
+    pe_norms = pe_norm_count(model)
     assert calls['pe'] == pe_norms
     assert calls['token'] == 2 * 4 + 1  # ln1, ln2 per layer, the Last LN
     assert layernorm_nodes(path)[0] == calls['token']
@@ -126,61 +120,39 @@ def test_class_token_classifier_parity(tmp_path):
     assert_parity(graph, path, digits_images(model, 4))
 
 
-@pytest.mark.parametrize('method', METHODS)
-def test_swin_classifier_parity_and_no_pe_layernorm(method, tmp_path):
-    model = swin_model(method)
-    path = str(tmp_path / 'swin.onnx')
-    graph = export_onnx(model, 'mmpretrain', path, (32, 32))
-    assert_parity(graph, path, torch.randn(3, 3, 32, 32))
-    calls = layernorm_calls(graph, torch.randn(1, 3, 32, 32))
-    # The PE's norms and the PatchMerging norms the PE passes through.
-    pe = model.backbone.pe
-    pe_norms = len(pe.layer_norms) + (pe.last_pos_norm is not None)
-    assert calls['pe'] >= pe_norms
-    assert (calls['pe'] == 0) == (method == 'default')
-    assert layernorm_nodes(path)[0] == calls['token']
-
-
-# The Table 1/2 backbones beyond DeiT and Swin, from their shipped configs
-# shrunk to seconds-long shapes: (config, backbone overrides, input size).
-OTHER_BACKBONES = {
-    't2t-vit': ('configs/t2t_vit/t2t-vit-7_{}_4xb128_in1k.py', dict(
-        arch=dict(embed_dims=32, num_layers=3, num_heads=2,
-                  feedforward_channels=64),
-        img_size=32, t2t_cfg=dict(token_dims=16)), 32),
-    'ceit': ('configs/ceit/ceit-tiny_{}_4xb256_in1k.py', dict(
-        arch=dict(embed_dims=24, num_layers=3, num_heads=3,
-                  feedforward_channels=48),
-        img_size=64, stem_channels=8), 64),
-    'vit-lite': ('configs/vit_lite/vit-lite-7-4_{}_1xb128_cifar100-32px.py',
-                 dict(arch=dict(embed_dims=32, num_layers=3, num_heads=4,
-                                feedforward_channels=64), img_size=16), 16),
+# The Table 1/2 families beyond DeiT: their shipped configs with the tiny
+# backbones of pe_families.
+SHIPPED = {
+    'swin': 'configs/swin/swin-tiny_{}_4xb256_in1k.py',
+    't2t': 'configs/t2t_vit/t2t-vit-7_{}_4xb128_in1k.py',
+    'ceit': 'configs/ceit/ceit-tiny_{}_4xb256_in1k.py',
+    'vit_lite': 'configs/vit_lite/vit-lite-7-4_{}_1xb128_cifar100-32px.py',
 }
 
 
-def other_backbone_model(backbone, method):
-    """(randomised classifier, input side) of an OTHER_BACKBONES entry."""
-    config, overrides, size = OTHER_BACKBONES[backbone]
-    cfg = Config.fromfile(osp.join(REPO, config.format(method)))
-    arch = overrides['arch']
-    cfg.model.backbone.arch = arch
-    cfg.model.backbone.update({k: v for k, v in overrides.items()
-                               if k != 'arch'})
+def shipped_tiny_model(family, method):
+    cfg = Config.fromfile(osp.join(REPO, SHIPPED[family].format(method)))
+    cfg.model.backbone = dict(cfg.model.backbone, **TINY_BACKBONES[family])
     cfg.model.backbone.drop_path_rate = 0.
-    cfg.model.head.update(num_classes=5, in_channels=arch['embed_dims'])
-    return randomised(load_model(cfg)[0]), size
+    cfg.model.head.update(num_classes=5, in_channels=build(
+        cfg.model.backbone).pe.stage_dims[-1])
+    return randomised(load_model(cfg)[0])
 
 
 @pytest.mark.parametrize('method', METHODS)
-@pytest.mark.parametrize('backbone', sorted(OTHER_BACKBONES))
-def test_other_backbones_export_with_parity(backbone, method, tmp_path):
-    model, size = other_backbone_model(backbone, method)
-    path = str(tmp_path / f'{backbone}.onnx')
-
+@pytest.mark.parametrize('family', sorted(SHIPPED))
+def test_other_families_export_with_parity_and_no_pe_layernorm(
+        family, method, tmp_path):
+    model = shipped_tiny_model(family, method)
+    size = IMG_SIZES[family][0]
+    path = str(tmp_path / f'{family}.onnx')
     graph = export_onnx(model, 'mmpretrain', path, (size, size))
-
-    assert_parity(graph, path, torch.randn(2, 3, size, size))
+    assert_parity(graph, path, torch.randn(3, 3, size, size))
     calls = layernorm_calls(graph, torch.randn(1, 3, size, size))
+    # The PE's norms, and on Swin the PatchMerging norms the PE takes.
+    merging = calls['pe'] - pe_norm_count(model)
+    assert merging >= 0 and (merging == 0 or family == 'swin')
+    assert (calls['pe'] == 0) == (method == 'default')
     assert layernorm_nodes(path)[0] == calls['token']
 
 
@@ -232,9 +204,7 @@ def test_vit_adapter_parity(config, task, shape, tmp_path):
     assert_parity(graph, path, real)
     assert_parity(graph, path, torch.randn(2, 3, *shape))
     calls = layernorm_calls(graph, real)
-    pe = model.backbone.pe
-    assert calls['pe'] == len(pe.layer_norms) + (
-        pe.last_pos_norm is not None) > 0
+    assert calls['pe'] == pe_norm_count(model) > 0
     assert ops['LayerNormalization'] == calls['token']
 
 

@@ -106,32 +106,23 @@ def load_checkpoint(path):
         return torch.load(path, map_location='cpu')
 
 
-@pytest.fixture(scope='module')
-def dist_setup(tmp_path_factory, demo_config):
-    root = tmp_path_factory.mktemp('dist')
+def dist_config(root, demo_config):
+    """The demo with a hook by which each rank saves its weights, in
+    ``root`` (which must be on the tools' PYTHONPATH)."""
     (root / 'rank_weights_dump.py').write_text(RANK_WEIGHTS_HOOK)
     config = root / 'digits_dist.py'
     config.write_text(DIST_CONFIG.format(base=str(demo_config)))
-    return root, config
+    return config
 
 
-@pytest.fixture(scope='module')
-def dist_train(dist_setup, tiny_digits_options, repo_root):
-    """Two processes train the demo for 3 epochs on 128 images."""
-    root, config = dist_setup
-    work_dir = root / 'train'
-    run(['bash', repo_root / 'tools/dist_train.sh', config, 2, '--work-dir',
-         work_dir, '--cfg-options', *tiny_digits_options], tool_env(root))
-    return work_dir
-
-
-def test_both_ranks_hold_the_same_trained_weights(dist_train):
+def assert_two_ranks_trained_alike(work_dir, launcher):
+    """Each rank saw different images; gradient all-reduce kept their
+    weights equal (and equal to the checkpoint's), and they trained. The
+    log shows the launcher and two processes."""
     weights = {(rank, stage): torch.load(
-        dist_train / f'rank{rank}_{stage}.pth', weights_only=True)
+        work_dir / f'rank{rank}_{stage}.pth', weights_only=True)
         for rank in (0, 1) for stage in ('before', 'after')}
-    saved = load_checkpoint(dist_train / 'epoch_3.pth')['state_dict']
-
-    # Each rank saw different images; gradient all-reduce kept them equal.
+    saved = load_checkpoint(work_dir / 'epoch_3.pth')['state_dict']
     for name, value in weights[0, 'after'].items():
         assert torch.equal(value, weights[1, 'after'][name]), name
         assert torch.equal(value, saved[name]), name
@@ -139,13 +130,45 @@ def test_both_ranks_hold_the_same_trained_weights(dist_train):
     assert not torch.equal(weights[0, 'before'][head],
                            weights[0, 'after'][head])
 
-
-def test_log_shows_two_processes(dist_train):
-    log, = run_logs(dist_train)
-    assert 'Distributed launcher: pytorch' in log
+    log, = run_logs(work_dir)
+    assert f'Distributed launcher: {launcher}' in log
     assert 'GPU number: 2' in log  # MMEngine's name for the world size
     # 128 images / (2 ranks x 32 a batch) = 2 iterations an epoch.
     assert 'Epoch(train) [3][2/2]' in log
+
+
+def assert_two_ranks_tested_every_sample_once(work_dir, launcher, top1):
+    """The two-process test in ``work_dir`` predicted every test sample
+    once (the padded one dropped) and logged the top-1 of those
+    predictions, ``top1`` as one process gets; returns the predictions."""
+    preds, count = predictions(work_dir / 'preds.pkl')
+    assert count == NUM_TEST_SAMPLES
+    assert sorted(preds) == list(range(NUM_TEST_SAMPLES))
+    log, = run_logs(work_dir)
+    assert f'Distributed launcher: {launcher}' in log
+    assert 'GPU number: 2' in log
+    logged = float(re.search(r'accuracy/top1: ([\d.]+)', log).group(1))
+    correct = sum(pred == gt for pred, gt in preds.values())
+    assert logged == pytest.approx(100 * correct / NUM_TEST_SAMPLES,
+                                   abs=1e-4)
+    assert logged == pytest.approx(top1, abs=1e-4)
+    return preds
+
+
+@pytest.fixture(scope='module')
+def dist_train(tmp_path_factory, demo_config, tiny_digits_options,
+               repo_root):
+    """Two processes train the demo for 3 epochs on 128 images."""
+    root = tmp_path_factory.mktemp('dist')
+    work_dir = root / 'train'
+    run(['bash', repo_root / 'tools/dist_train.sh',
+         dist_config(root, demo_config), 2, '--work-dir', work_dir,
+         '--cfg-options', *tiny_digits_options], tool_env(root))
+    return work_dir
+
+
+def test_both_ranks_hold_the_same_trained_weights_and_log_it(dist_train):
+    assert_two_ranks_trained_alike(dist_train, 'pytorch')
 
 
 def predictions(path):
@@ -169,18 +192,9 @@ def test_dist_test_gathers_every_test_sample_once(
                               one / 'preds.pkl').test()
 
     preds_one, count_one = predictions(one / 'preds.pkl')
-    preds_two, count_two = predictions(two / 'preds.pkl')
-    assert count_one == count_two == NUM_TEST_SAMPLES
-    assert sorted(preds_two) == list(range(NUM_TEST_SAMPLES))
-    assert preds_two == preds_one
-
-    log_two, = run_logs(two)
-    assert 'GPU number: 2' in log_two
-    top1_two = float(re.search(r'accuracy/top1: ([\d.]+)', log_two).group(1))
-    correct = sum(pred == gt for pred, gt in preds_two.values())
-    assert top1_two == pytest.approx(metrics_one['accuracy/top1'], abs=1e-4)
-    assert top1_two == pytest.approx(100 * correct / NUM_TEST_SAMPLES,
-                                     abs=1e-4)
+    assert count_one == NUM_TEST_SAMPLES
+    assert assert_two_ranks_tested_every_sample_once(
+        two, 'pytorch', metrics_one['accuracy/top1']) == preds_one
 
 
 def kill_after_first_checkpoint(process, work_dir, outcome, timeout=240):

@@ -21,9 +21,9 @@ import pytest
 import torch
 from mmengine.config import Config
 from mmengine.runner import save_checkpoint
-from test_deploy_onnx import (DET, METHODS, OTHER_BACKBONES, SEG,
-                              digits_images, digits_model,
-                              other_backbone_model, swin_model)
+from pe_families import IMG_SIZES
+from test_deploy_onnx import (DET, METHODS, SEG, SHIPPED, digits_images,
+                              digits_model, shipped_tiny_model)
 
 from mmmpvg.deploy.quantization import (HEAD_MODULE, Int8Classifier,
                                         check_int8, export_int8_onnx,
@@ -35,7 +35,7 @@ pytest.importorskip('torchao')
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 DIGITS_CONFIG = osp.join(REPO, 'configs/demo/mpvg_vit-micro_digits.py')
-FAMILIES = ('vit', 'swin', *sorted(OTHER_BACKBONES))
+FAMILIES = ('vit', *sorted(SHIPPED))
 INT8_TOL = 0.03
 PARITY_TOL = 2e-3
 
@@ -44,9 +44,7 @@ def tiny_classifier(family, method):
     """(randomised tiny classifier, input side)."""
     if family == 'vit':
         return digits_model(method), 32
-    if family == 'swin':
-        return swin_model(method), 32
-    return other_backbone_model(family, method)
+    return shipped_tiny_model(family, method), IMG_SIZES[family][0]
 
 
 def relative_error(out, ref):

@@ -1,28 +1,24 @@
 """PECeiT: Table 1 CeiT-Ti counts, the official forward through the
 converter, where the PE enters, Eq. 11 after pooling, configs."""
-import glob
 import os.path as osp
-import subprocess
-import sys
 
 import mmcv
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-import yaml
 from mmengine.config import Config
 from mmengine.runner import Runner
-from mmpretrain.registry import MODELS
 
-import mmmpvg.models  # noqa: F401  (registers PECeiT)
 from mmmpvg.models.converters import convert_ceit_state_dict
-from pe_reference import (attention, load_pe_norms, method_rules, num_params,
-                          optimizer_groups, pe_chain, random_pe_norms,
-                          randomised)
-
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
-CEIT_CONFIGS = sorted(glob.glob(osp.join(REPO, 'configs/ceit/*.py')))
+from model_zoo import REPO, assert_parameter_count
+from pe_families import (METHODS, NUM_CLASSES, TINY_BACKBONES, arch_sizes,
+                         backbone_cfg, build, classifier, images)
+from pe_reference import (RandomState, assert_converted_logits,
+                          assert_converter_script_output_loads,
+                          assert_pe_at_attention, attention,
+                          hook_attention_inputs, method_rules, official_tokens,
+                          pe_chain, tiny_optimizer_groups, with_pe)
 
 # CeiT-Ti with a 1000-class head (spec §2.1):
 #   I2T conv 3*64*49 + BN 2*64                                =     9,536
@@ -42,75 +38,44 @@ TABLE1_CEIT = dict(default=6_356_904, lape=6_361_512, pvg=6_361_128,
                    mpvg=6_361_512)
 TABLE1_CEIT_PAPER = dict(default=6.356, lape=6.361, pvg=6.361, mpvg=6.361)
 
-DIMS, DEPTH, HEADS, HIDDEN, STEM, CLASSES = 24, 3, 3, 48, 8, 10
-TINY = dict(arch=dict(embed_dims=DIMS, num_layers=DEPTH, num_heads=HEADS,
-                      feedforward_channels=HIDDEN),
-            img_size=64, stem_channels=STEM)
+# The tiny CeiT of pe_families, as the official code would hold it.
+TINY = TINY_BACKBONES['ceit']
+DIMS, DEPTH, HEADS, HIDDEN = arch_sizes('ceit')
+STEM = TINY['stem_channels']
 GRID = 4  # 64 px -> 16 I2T features -> 4x4 patches of 4
 EPS = 1e-6
 
 
-def tiny_classifier(method):
-    pool = 'cls' if method in ('default', 'lape') else 'avg'
-    return MODELS.build(dict(
-        type='ImageClassifier',
-        backbone=dict(type='PECeiT', global_pool=pool,
-                      pe_cfg=dict(method=method), **TINY),
-        head=dict(type='LinearClsHead', num_classes=CLASSES,
-                  in_channels=DIMS)))
-
-
 def official_state_dict(seed=0):
     """Random weights with the official ``ceit_model.py`` names/shapes."""
-    gen = torch.Generator().manual_seed(seed)
-
-    def rand(*shape, mean=0.0):
-        return mean + 0.1 * torch.randn(*shape, generator=gen)
-
-    state = {}
-
-    def norm(prefix, dims):
-        state[prefix + '.weight'] = rand(dims, mean=1.0)
-        state[prefix + '.bias'] = rand(dims)
-
-    def bn(prefix, dims):
-        norm(prefix, dims)
-        state[prefix + '.running_mean'] = rand(dims)
-        state[prefix + '.running_var'] = 0.5 + torch.rand(dims,
-                                                          generator=gen)
-        state[prefix + '.num_batches_tracked'] = torch.tensor(7)
-
-    def linear(prefix, out, inp, *kernel):
-        state[prefix + '.weight'] = rand(out, inp, *kernel)
-        state[prefix + '.bias'] = rand(out)
-
-    state['i2t.backbone.conv.weight'] = rand(STEM, 3, 7, 7)
-    bn('i2t.backbone.bn', STEM)
-    linear('i2t.proj', DIMS, STEM, 4, 4)
-    state['cls_token'] = rand(1, 1, DIMS)
-    state['pos_embed'] = rand(1, GRID * GRID + 1, DIMS)
+    weights = RandomState(seed)
+    weights.linear('i2t.backbone.conv', STEM, 3, 7, 7, bias=False)
+    weights.batch_norm('i2t.backbone.bn', STEM)
+    weights.linear('i2t.proj', DIMS, STEM, 4, 4)
+    weights.state['cls_token'] = weights.rand(1, 1, DIMS)
+    weights.state['pos_embed'] = weights.rand(1, GRID * GRID + 1, DIMS)
     for i in range(DEPTH):
         b = f'blocks.{i}'
-        norm(b + '.norm1', DIMS)
-        linear(b + '.attn.qkv', 3 * DIMS, DIMS)
-        linear(b + '.attn.proj', DIMS, DIMS)
-        norm(b + '.norm2', DIMS)
-        linear(b + '.leff.conv1', HIDDEN, DIMS, 1, 1)
-        bn(b + '.leff.bn1', HIDDEN)
-        linear(b + '.leff.conv2', HIDDEN, 1, 3, 3)
-        bn(b + '.leff.bn2', HIDDEN)
-        linear(b + '.leff.conv3', DIMS, HIDDEN, 1, 1)
-        bn(b + '.leff.bn3', DIMS)
-    norm('lca.norm1', DIMS)
-    linear('lca.attn.qkv', 3 * DIMS, DIMS)
-    linear('lca.attn.proj', DIMS, DIMS)
-    norm('lca.norm2', DIMS)
-    linear('lca.feedforward.fc1', HIDDEN, DIMS)
-    linear('lca.feedforward.fc2', DIMS, HIDDEN)
-    state['pos_layer_embed'] = rand(1, DEPTH, DIMS)
-    norm('norm', DIMS)
-    linear('head', CLASSES, DIMS)
-    return state
+        weights.norm(b + '.norm1', DIMS)
+        weights.linear(b + '.attn.qkv', 3 * DIMS, DIMS)
+        weights.linear(b + '.attn.proj', DIMS, DIMS)
+        weights.norm(b + '.norm2', DIMS)
+        weights.linear(b + '.leff.conv1', HIDDEN, DIMS, 1, 1)
+        weights.batch_norm(b + '.leff.bn1', HIDDEN)
+        weights.linear(b + '.leff.conv2', HIDDEN, 1, 3, 3)
+        weights.batch_norm(b + '.leff.bn2', HIDDEN)
+        weights.linear(b + '.leff.conv3', DIMS, HIDDEN, 1, 1)
+        weights.batch_norm(b + '.leff.bn3', DIMS)
+    weights.norm('lca.norm1', DIMS)
+    weights.linear('lca.attn.qkv', 3 * DIMS, DIMS)
+    weights.linear('lca.attn.proj', DIMS, DIMS)
+    weights.norm('lca.norm2', DIMS)
+    weights.linear('lca.feedforward.fc1', HIDDEN, DIMS)
+    weights.linear('lca.feedforward.fc2', DIMS, HIDDEN)
+    weights.state['pos_layer_embed'] = weights.rand(1, DEPTH, DIMS)
+    weights.norm('norm', DIMS)
+    weights.linear('head', NUM_CLASSES, DIMS)
+    return weights.state
 
 
 def reference_logits(sd, images, rules, pe_norms, last_norm):
@@ -130,22 +95,14 @@ def reference_logits(sd, images, rules, pe_norms, last_norm):
                  padding=3)
     x = F.max_pool2d(bn(x, 'i2t.backbone.bn'), 3, 2, 1)
     x = F.conv2d(x, sd['i2t.proj.weight'], sd['i2t.proj.bias'], stride=4)
-    x = x.flatten(2).transpose(1, 2)
-    pos = sd['pos_embed']
-    if rules['cls']:
-        x = torch.cat([sd['cls_token'].expand(len(x), -1, -1), x], 1)
-    else:
-        pos = pos[:, 1:]
-    if rules['add']:
-        x = x + pos
+    x, pos = official_tokens(x.flatten(2).transpose(1, 2), sd['cls_token'],
+                             sd['pos_embed'], rules)
     chain = pe_chain(pos, pe_norms, DEPTH, EPS)
     extra = 1 if rules['cls'] else 0
     per_layer = []
     for i in range(DEPTH):
         b = f'blocks.{i}.'
-        attn_in = ln(x, b + 'norm1')
-        if chain[i] is not None:
-            attn_in = attn_in + chain[i]
+        attn_in = with_pe(ln(x, b + 'norm1'), chain[i])
         x = x + attention(attn_in, sd[b + 'attn.qkv.weight'],
                           sd[b + 'attn.qkv.bias'], sd[b + 'attn.proj.weight'],
                           sd[b + 'attn.proj.bias'], HEADS)
@@ -182,24 +139,8 @@ def config_of(method):
 
 @pytest.mark.parametrize('method', sorted(TABLE1_CEIT))
 def test_parameter_counts_match_table1(method):
-    model = MODELS.build(Config.fromfile(config_of(method)).model)
-    count = num_params(model)
-    assert count == TABLE1_CEIT[method]
-    assert int(count / 1000) / 1000 == TABLE1_CEIT_PAPER[method]
-
-
-def test_metafile_lists_every_config_with_its_count():
-    with open(osp.join(REPO, 'configs/ceit/metafile.yml')) as f:
-        entries = yaml.safe_load(f)['Models']
-    listed = {osp.join(REPO, e['Config']): e for e in entries}
-    assert set(listed) == set(CEIT_CONFIGS)
-    for path, entry in listed.items():
-        method = osp.basename(path).split('_')[1]
-        assert entry['Metadata']['Parameters'] == TABLE1_CEIT[method]
-        assert entry['Metadata']['Paper Parameters (M)'] == \
-            TABLE1_CEIT_PAPER[method]
-    with open(osp.join(REPO, 'model-index.yml')) as f:
-        assert 'configs/ceit/metafile.yml' in yaml.safe_load(f)['Import']
+    assert_parameter_count(config_of(method), TABLE1_CEIT_PAPER[method],
+                           exact=TABLE1_CEIT[method])
 
 
 def test_config_recipe_is_the_official_ceit_one():
@@ -226,76 +167,36 @@ def test_config_recipe_is_the_official_ceit_one():
     assert cfg.train_cfg.max_epochs == 300
 
 
-@pytest.mark.parametrize('method', ['default', 'lape', 'pvg', 'mpvg'])
+@pytest.mark.parametrize('method', METHODS)
 def test_forward_equals_the_official_forward_through_the_converter(method):
     rules = method_rules(method, DEPTH, pe_in_layer0=True)
-    sd = official_state_dict()
-    model = tiny_classifier(method)
-    converted, notes = convert_ceit_state_dict(
-        sd, dict(method=method), 'cls' if rules['cls'] else 'avg')
-    missing, unexpected = model.load_state_dict(converted, strict=False)
-    assert unexpected == []
-    assert all('.pe.layer_norms.' in k or '.pe.last_pos_norm.' in k
-               for k in missing)
-    assert len(missing) == 2 * (len(rules['layers']) + rules['last'])
-    gen = torch.Generator().manual_seed(1)
-    norms, last = random_pe_norms(rules, DIMS, gen)
-    load_pe_norms(model.backbone, norms, last)
-    model.eval()
-    images = torch.randn(2, 3, 64, 64, generator=gen)
-    with torch.no_grad():
-        expected = reference_logits(sd, images, rules, norms, last)
-        torch.testing.assert_close(model(images, mode='tensor'), expected,
-                                   rtol=1e-4, atol=1e-5)
+    notes = assert_converted_logits(
+        classifier('ceit', method), convert_ceit_state_dict,
+        official_state_dict(), rules, images('ceit'), reference_logits)
     if not rules['cls']:
         assert any('dropped cls_token' in note for note in notes)
 
 
-@pytest.mark.parametrize('method', ['default', 'lape', 'pvg', 'mpvg'])
+@pytest.mark.parametrize('method', METHODS)
 def test_pe_enters_each_layer_at_the_attention_input(method):
     """Hooks: x_0 gets pos_0 only when the method adds it; layer l's
     attention sees ``ln1(x_l) + pe_l`` with pe_l the LN chain on pos_0
-    (PVG/MPVG: layers 0..11, the CeiT decision); LeFF sees ``ln2(x)``
+    (PVG/MPVG: layers 0..L-1, the CeiT decision); LeFF sees ``ln2(x)``
     untouched; the LCA sees the per-layer class tokens (Default, LaPE) or
     token means (PVG, MPVG) plus ``pos_layer_embed``."""
     rules = method_rules(method, DEPTH, pe_in_layer0=True)
-    backbone = randomised(tiny_classifier(method)).backbone
-    assert backbone.pe.layers_with_pe() == rules['layers']
-    seen = {}
-
-    def keep(name, use_output=True):
-        def hook(module, args, output=None):
-            seen[name] = output if use_output else args[0]
-        return hook
-
-    backbone.patch_embed.register_forward_hook(
-        lambda m, a, out: seen.__setitem__('patches', out[0]))
+    backbone = classifier('ceit', method).backbone
+    seen = hook_attention_inputs(backbone)
     for i, layer in enumerate(backbone.layers):
-        layer.register_forward_pre_hook(keep(f'x{i}', use_output=False))
-        layer.register_forward_hook(keep(f'out{i}'))
-        layer.ln1.register_forward_hook(keep(f'ln1_{i}'))
-        layer.attn.register_forward_pre_hook(keep(f'attn{i}', False))
-        layer.ln2.register_forward_hook(keep(f'ln2_{i}'))
-        layer.leff.register_forward_pre_hook(keep(f'leff{i}', False))
-    backbone.lca.register_forward_pre_hook(keep('lca', False))
+        layer.register_forward_hook(seen.output(f'out{i}'))
+        layer.ln2.register_forward_hook(seen.output(f'ln2_{i}'))
+        layer.leff.register_forward_pre_hook(seen.input(f'leff{i}'))
+    backbone.lca.register_forward_pre_hook(seen.input('lca'))
     with torch.no_grad():
-        backbone(torch.randn(2, 3, 64, 64))
-        pos = backbone.pos_embed
-        norms = {layer: (n.weight, n.bias) for layer, n in
-                 ((int(k), n) for k, n in backbone.pe.layer_norms.items())}
-        chain = pe_chain(pos, norms, DEPTH, EPS)
-        tokens = seen['patches']
-        if rules['cls']:
-            tokens = torch.cat(
-                [backbone.cls_token.expand(2, -1, -1), tokens], 1)
-        x0 = tokens + pos if rules['add'] else tokens
-        torch.testing.assert_close(seen['x0'], x0)
+        backbone(images('ceit'))
+        assert_pe_at_attention(seen, backbone, rules, EPS)
         pooled = []
         for i in range(DEPTH):
-            expected = seen[f'ln1_{i}']
-            if chain[i] is not None:
-                expected = expected + chain[i]
-            torch.testing.assert_close(seen[f'attn{i}'], expected)
             torch.testing.assert_close(seen[f'leff{i}'], seen[f'ln2_{i}'])
             out = seen[f'out{i}']
             pooled.append(out[:, 0] if rules['cls'] else out.mean(1))
@@ -304,34 +205,22 @@ def test_pe_enters_each_layer_at_the_attention_input(method):
 
 
 def test_other_input_sizes_resize_the_pe_and_bad_sizes_are_refused():
-    backbone = tiny_classifier('mpvg').backbone.eval()
+    backbone = classifier('ceit', 'mpvg').backbone.eval()
     with torch.no_grad():
         assert backbone(torch.randn(1, 3, 96, 64))[0].shape == (1, DIMS)
     with pytest.raises(ValueError, match='multiple of 16'):
         backbone(torch.randn(1, 3, 60, 64))
     with pytest.raises(ValueError, match='global average pooling'):
-        MODELS.build(dict(type='PECeiT', global_pool='cls',
-                          pe_cfg=dict(method='mpvg'), **TINY))
+        build(backbone_cfg('ceit', 'mpvg', cls_token=True))
 
 
 @pytest.mark.slow
 def test_converter_script_writes_a_checkpoint_the_mpvg_model_loads(tmp_path):
-    src = tmp_path / 'ceit_official.pth'
-    torch.save({'model': official_state_dict()}, src)
-    dst = tmp_path / 'mpvg.pth'
-    result = subprocess.run(
-        [sys.executable, 'tools/model_converters/ceit_to_mmmpvg.py',
-         str(src), str(dst), '--pe-method', 'mpvg'],
-        cwd=REPO, capture_output=True, text=True, check=True)
-    assert f'PE norms of layers 0..{DEPTH - 1} are new' in result.stdout
-    converted = torch.load(dst, weights_only=True)['state_dict']
-    missing, unexpected = tiny_classifier('mpvg').load_state_dict(
-        converted, strict=False)
-    assert unexpected == []
-    assert sorted(missing) == sorted(
-        [f'backbone.pe.layer_norms.{i}.{w}' for i in range(DEPTH)
-         for w in ('weight', 'bias')] +
-        [f'backbone.pe.last_pos_norm.{w}' for w in ('weight', 'bias')])
+    rules = method_rules('mpvg', DEPTH, pe_in_layer0=True)
+    assert rules['layers'] == list(range(DEPTH))
+    assert_converter_script_output_loads(
+        'ceit_to_mmmpvg.py', official_state_dict(), tmp_path,
+        classifier('ceit', 'mpvg'), 'mpvg', rules)
 
 
 @pytest.mark.slow
@@ -371,12 +260,8 @@ def test_weight_decay_groups_are_timms_with_no_weight_decay(method):
     """timm's optimizer factory with CeiT's no_weight_decay(): no decay on
     1-D parameters (LN, BN, biases, so every PE LN), pos_embed and
     cls_token; pos_layer_embed is decayed."""
-    cfg = Config.fromfile(config_of(method))
-    cfg.model.backbone.update(TINY)
-    cfg.model.head.update(num_classes=CLASSES, in_channels=DIMS)
-    cfg.model.train_cfg = None
-    model = MODELS.build(cfg.model)
-    groups = optimizer_groups(model, cfg.optim_wrapper)
+    model, groups = tiny_optimizer_groups(config_of(method), TINY,
+                                          NUM_CLASSES)
     assert len(groups) == len(list(model.parameters()))
     for name, group in groups.items():
         no_decay = model.get_parameter(name).dim() == 1 or name.endswith(

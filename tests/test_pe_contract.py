@@ -19,8 +19,8 @@ from mmpretrain.registry import MODELS
 from mmmpvg.models.pe import (PEBackboneMixin, PEBlockMixin, PEStage,
                               add_pe, fold_pe, pe_key_facts, resolve_pe_cfg)
 from pe_families import (IMG_SIZES, METHODS, PE_IN_LAYER0, TINY_BACKBONES,
-                         backbone_cfg, bicubic_reference, build,
-                         classifier_cfg, randomise, uses_class_token)
+                         backbone_cfg, bicubic_reference, build, classifier,
+                         classifier_cfg, images, uses_class_token)
 from pe_reference import method_rules
 
 
@@ -72,17 +72,6 @@ TINY_BACKBONES['toy'] = dict(type='ToyViT', img_size=32)
 IMG_SIZES['toy'] = (32, 48)
 FAMILIES = sorted(TINY_BACKBONES)
 CASES = [(f, m) for f in FAMILIES for m in METHODS]
-
-
-def classifier(family, method, seed=0, **kwargs):
-    model = build(classifier_cfg(backbone_cfg(family, method, **kwargs)))
-    return randomise(model, seed).eval()
-
-
-def images(family, size=None, batch=2, seed=0):
-    size = size or IMG_SIZES[family][0]
-    generator = torch.Generator().manual_seed(seed)
-    return torch.randn(batch, 3, size, size, generator=generator)
 
 
 def num_params(module):

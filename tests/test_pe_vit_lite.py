@@ -1,28 +1,26 @@
 """PEViTLite: Table 2 ViT-Lite-7/4 counts, the official forward through the
 converter, where the PE enters, Eq. 11 after pooling, the CIFAR-100
 configs and a short CIFAR-100 run through tools/train.py."""
-import glob
 import os.path as osp
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-import yaml
 from mmengine.config import Config
 from mmpretrain.registry import MODELS
 
-import mmmpvg.models  # noqa: F401  (registers PEViTLite)
 from mmmpvg.datasets import make_cifar100
 from mmmpvg.models.converters import convert_vit_lite_state_dict
-from pe_reference import (attention, load_pe_norms, method_rules, num_params,
-                          optimizer_groups, pe_chain, random_pe_norms,
-                          randomised)
-
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
-VIT_LITE_CONFIGS = sorted(glob.glob(osp.join(REPO, 'configs/vit_lite/*.py')))
+from model_zoo import REPO, assert_parameter_count, metafile_entry
+from pe_families import (METHODS, NUM_CLASSES, TINY_BACKBONES, arch_sizes,
+                         classifier, images)
+from pe_reference import (RandomState, assert_converted_logits,
+                          assert_converter_script_output_loads,
+                          assert_pe_at_attention, attention,
+                          hook_attention_inputs, method_rules, num_params,
+                          official_tokens, pe_chain, tiny_optimizer_groups,
+                          with_pe)
 
 # ViT-Lite-7/4 at 32 px with a 100-class head (spec §4.1):
 #   tokenizer conv 3*256*16 + 256                             =    12,544
@@ -42,55 +40,32 @@ TABLE2_VIT_LITE = dict(default=3_740_004, lape=3_743_588, pvg=3_742_564,
 TABLE2_VIT_LITE_PAPER = dict(default=3.740, lape=3.744, pvg=3.742,
                              mpvg=3.743)
 
-DIMS, DEPTH, HEADS, HIDDEN, CLASSES = 32, 3, 4, 64, 10
-TINY = dict(arch=dict(embed_dims=DIMS, num_layers=DEPTH, num_heads=HEADS,
-                      feedforward_channels=HIDDEN), img_size=16)
-GRID = 4  # 16 px / patch 4
+# The tiny ViT-Lite of pe_families, as the official code would hold it.
+TINY = TINY_BACKBONES['vit_lite']
+DIMS, DEPTH, HEADS, HIDDEN = arch_sizes('vit_lite')
+PATCH = TINY['patch_size']
+GRID = TINY['img_size'] // PATCH
 EPS = 1e-5
-
-
-def tiny_classifier(method):
-    pool = 'cls' if method in ('default', 'lape') else 'avg'
-    return MODELS.build(dict(
-        type='ImageClassifier',
-        backbone=dict(type='PEViTLite', global_pool=pool,
-                      pe_cfg=dict(method=method), **TINY),
-        head=dict(type='LinearClsHead', num_classes=CLASSES,
-                  in_channels=DIMS)))
 
 
 def official_state_dict(seed=0):
     """Random weights with Compact-Transformers' ``vit_*`` names/shapes."""
-    gen = torch.Generator().manual_seed(seed)
-
-    def rand(*shape, mean=0.0):
-        return mean + 0.1 * torch.randn(*shape, generator=gen)
-
-    state = {}
-
-    def norm(prefix):
-        state[prefix + '.weight'] = rand(DIMS, mean=1.0)
-        state[prefix + '.bias'] = rand(DIMS)
-
-    def linear(prefix, out, inp, *kernel, bias=True):
-        state[prefix + '.weight'] = rand(out, inp, *kernel)
-        if bias:
-            state[prefix + '.bias'] = rand(out)
-
-    linear('tokenizer.conv_layers.0.0', DIMS, 3, 4, 4)
-    state['classifier.class_emb'] = rand(1, 1, DIMS)
-    state['classifier.positional_emb'] = rand(1, GRID * GRID + 1, DIMS)
+    weights = RandomState(seed)
+    weights.linear('tokenizer.conv_layers.0.0', DIMS, 3, PATCH, PATCH)
+    weights.state['classifier.class_emb'] = weights.rand(1, 1, DIMS)
+    weights.state['classifier.positional_emb'] = weights.rand(
+        1, GRID * GRID + 1, DIMS)
     for i in range(DEPTH):
         b = f'classifier.blocks.{i}'
-        norm(b + '.pre_norm')
-        linear(b + '.self_attn.qkv', 3 * DIMS, DIMS, bias=False)
-        linear(b + '.self_attn.proj', DIMS, DIMS)
-        linear(b + '.linear1', HIDDEN, DIMS)
-        norm(b + '.norm1')
-        linear(b + '.linear2', DIMS, HIDDEN)
-    norm('classifier.norm')
-    linear('classifier.fc', CLASSES, DIMS)
-    return state
+        weights.norm(b + '.pre_norm', DIMS)
+        weights.linear(b + '.self_attn.qkv', 3 * DIMS, DIMS, bias=False)
+        weights.linear(b + '.self_attn.proj', DIMS, DIMS)
+        weights.linear(b + '.linear1', HIDDEN, DIMS)
+        weights.norm(b + '.norm1', DIMS)
+        weights.linear(b + '.linear2', DIMS, HIDDEN)
+    weights.norm('classifier.norm', DIMS)
+    weights.linear('classifier.fc', NUM_CLASSES, DIMS)
+    return weights.state
 
 
 def reference_logits(sd, images, rules, pe_norms, last_norm):
@@ -103,21 +78,14 @@ def reference_logits(sd, images, rules, pe_norms, last_norm):
 
     c = 'classifier.'
     x = F.conv2d(images, sd['tokenizer.conv_layers.0.0.weight'],
-                 sd['tokenizer.conv_layers.0.0.bias'], stride=4)
-    x = x.flatten(2).transpose(1, 2)
-    pos = sd[c + 'positional_emb']
-    if rules['cls']:
-        x = torch.cat([sd[c + 'class_emb'].expand(len(x), -1, -1), x], 1)
-    else:
-        pos = pos[:, 1:]
-    if rules['add']:
-        x = x + pos
+                 sd['tokenizer.conv_layers.0.0.bias'], stride=PATCH)
+    x, pos = official_tokens(x.flatten(2).transpose(1, 2),
+                             sd[c + 'class_emb'], sd[c + 'positional_emb'],
+                             rules)
     chain = pe_chain(pos, pe_norms, DEPTH, EPS)
     for i in range(DEPTH):
         b = f'{c}blocks.{i}.'
-        attn_in = ln(x, b + 'pre_norm')
-        if chain[i] is not None:
-            attn_in = attn_in + chain[i]
+        attn_in = with_pe(ln(x, b + 'pre_norm'), chain[i])
         x = x + attention(attn_in, sd[b + 'self_attn.qkv.weight'], None,
                           sd[b + 'self_attn.proj.weight'],
                           sd[b + 'self_attn.proj.bias'], HEADS)
@@ -140,14 +108,12 @@ def config_of(method):
 
 @pytest.mark.parametrize('method', sorted(TABLE2_VIT_LITE))
 def test_parameter_counts_match_table2(method):
-    model = MODELS.build(Config.fromfile(config_of(method)).model)
-    count = num_params(model)
-    assert count == TABLE2_VIT_LITE[method]
-    printed = int(count / 1000) / 1000
-    if method == 'lape':  # one below the printed 3.744
-        assert (printed, TABLE2_VIT_LITE_PAPER[method]) == (3.743, 3.744)
-    else:
-        assert printed == TABLE2_VIT_LITE_PAPER[method]
+    assert_parameter_count(
+        config_of(method), TABLE2_VIT_LITE_PAPER[method],
+        exact=TABLE2_VIT_LITE[method],
+        printed=3.743 if method == 'lape' else None)  # paper: 3.744
+    assert metafile_entry(config_of(method))['Results'][0]['Dataset'] == \
+        'CIFAR-100'
 
 
 def test_default_counts_like_mmpretrain_vit_of_the_same_size():
@@ -161,21 +127,6 @@ def test_default_counts_like_mmpretrain_vit_of_the_same_size():
     ours = MODELS.build(dict(type='PEViTLite', arch='vit-lite-7'))
     assert num_params(ours) == num_params(vit) == \
         TABLE2_VIT_LITE['default'] - 25_700
-
-
-def test_metafile_lists_every_config_with_its_count():
-    with open(osp.join(REPO, 'configs/vit_lite/metafile.yml')) as f:
-        entries = yaml.safe_load(f)['Models']
-    listed = {osp.join(REPO, e['Config']): e for e in entries}
-    assert set(listed) == set(VIT_LITE_CONFIGS)
-    for path, entry in listed.items():
-        method = osp.basename(path).split('_')[1]
-        assert entry['Metadata']['Parameters'] == TABLE2_VIT_LITE[method]
-        assert entry['Metadata']['Paper Parameters (M)'] == \
-            TABLE2_VIT_LITE_PAPER[method]
-        assert entry['Results'][0]['Dataset'] == 'CIFAR-100'
-    with open(osp.join(REPO, 'model-index.yml')) as f:
-        assert 'configs/vit_lite/metafile.yml' in yaml.safe_load(f)['Import']
 
 
 def test_config_recipe_is_cct_cifar100():
@@ -205,28 +156,15 @@ def test_config_recipe_is_cct_cifar100():
     assert (backbone.attn_drop_rate, backbone.drop_path_rate) == (0.1, 0.1)
 
 
-@pytest.mark.parametrize('method', ['default', 'lape', 'pvg', 'mpvg'])
+@pytest.mark.parametrize('method', METHODS)
 def test_forward_equals_the_official_forward_through_the_converter(method):
-    rules = method_rules(method, DEPTH, pe_in_layer0=False)
-    sd = official_state_dict()
-    model = tiny_classifier(method)
-    converted, _ = convert_vit_lite_state_dict(
-        sd, dict(method=method), 'cls' if rules['cls'] else 'avg')
-    missing, unexpected = model.load_state_dict(converted, strict=False)
-    assert unexpected == []
-    assert len(missing) == 2 * (len(rules['layers']) + rules['last'])
-    gen = torch.Generator().manual_seed(1)
-    norms, last = random_pe_norms(rules, DIMS, gen)
-    load_pe_norms(model.backbone, norms, last)
-    model.eval()
-    images = torch.randn(2, 3, 16, 16, generator=gen)
-    with torch.no_grad():
-        expected = reference_logits(sd, images, rules, norms, last)
-        torch.testing.assert_close(model(images, mode='tensor'), expected,
-                                   rtol=1e-4, atol=1e-5)
+    assert_converted_logits(
+        classifier('vit_lite', method), convert_vit_lite_state_dict,
+        official_state_dict(), method_rules(method, DEPTH, pe_in_layer0=False),
+        images('vit_lite'), reference_logits)
 
 
-@pytest.mark.parametrize('method', ['default', 'lape', 'pvg', 'mpvg'])
+@pytest.mark.parametrize('method', METHODS)
 def test_pe_enters_each_layer_at_the_attention_input(method):
     """Hooks: x_0 gets pos_0 only when the method adds it; layer l's
     attention sees ``ln1(x_l) + pe_l`` (LaPE: layers 0..L-1, PVG/MPVG:
@@ -234,50 +172,24 @@ def test_pe_enters_each_layer_at_the_attention_input(method):
     order) and the MLP sees its output; pooling reads the Last LN output
     (+ LN''(pos_0) for MPVG), with no further norm."""
     rules = method_rules(method, DEPTH, pe_in_layer0=False)
-    model = randomised(tiny_classifier(method))
-    backbone = model.backbone
-    assert backbone.pe.layers_with_pe() == rules['layers']
-    seen = {}
-
-    def keep(name, use_output=True):
-        def hook(module, args, output=None):
-            seen[name] = output if use_output else args[0]
-        return hook
-
-    backbone.patch_embed.register_forward_hook(
-        lambda m, a, out: seen.__setitem__('patches', out[0]))
+    backbone = classifier('vit_lite', method).backbone
+    seen = hook_attention_inputs(backbone)
     for i, layer in enumerate(backbone.layers):
-        layer.register_forward_pre_hook(keep(f'x{i}', use_output=False))
-        layer.ln1.register_forward_hook(keep(f'ln1_{i}'))
-        layer.attn.register_forward_pre_hook(keep(f'attn_in{i}', False))
-        layer.attn.register_forward_hook(keep(f'attn_out{i}'))
-        layer.ln2.register_forward_pre_hook(keep(f'ln2_in{i}', False))
-        layer.ln2.register_forward_hook(keep(f'ln2_{i}'))
-        layer.ffn.register_forward_pre_hook(keep(f'ffn{i}', False))
-    backbone.ln1.register_forward_hook(keep('last'))
+        layer.attn.register_forward_hook(seen.output(f'attn_out{i}'))
+        layer.ln2.register_forward_pre_hook(seen.input(f'ln2_in{i}'))
+        layer.ln2.register_forward_hook(seen.output(f'ln2_{i}'))
+        layer.ffn.register_forward_pre_hook(seen.input(f'ffn{i}'))
+    backbone.ln1.register_forward_hook(seen.output('last'))
     with torch.no_grad():
-        pooled = backbone(torch.randn(2, 3, 16, 16))[0]
-        pos = backbone.pos_embed
-        norms = {int(k): (n.weight, n.bias)
-                 for k, n in backbone.pe.layer_norms.items()}
-        chain = pe_chain(pos, norms, DEPTH, EPS)
-        tokens = seen['patches']
-        if rules['cls']:
-            tokens = torch.cat(
-                [backbone.cls_token.expand(2, -1, -1), tokens], 1)
-        torch.testing.assert_close(
-            seen['x0'], tokens + pos if rules['add'] else tokens)
+        pooled = backbone(images('vit_lite'))[0]
+        assert_pe_at_attention(seen, backbone, rules, EPS)
         for i in range(DEPTH):
-            expected = seen[f'ln1_{i}']
-            if chain[i] is not None:
-                expected = expected + chain[i]
-            torch.testing.assert_close(seen[f'attn_in{i}'], expected)
             torch.testing.assert_close(seen[f'ln2_in{i}'],
                                        seen[f'x{i}'] + seen[f'attn_out{i}'])
             torch.testing.assert_close(seen[f'ffn{i}'], seen[f'ln2_{i}'])
         out = seen['last']
         if rules['last']:
-            out = out + F.layer_norm(pos, (DIMS, ),
+            out = out + F.layer_norm(backbone.pos_embed, (DIMS, ),
                                      backbone.pe.last_pos_norm.weight,
                                      backbone.pe.last_pos_norm.bias, EPS)
         torch.testing.assert_close(
@@ -303,21 +215,11 @@ def test_converter_refuses_cct_and_script_writes_a_loadable_checkpoint(
         convert_vit_lite_state_dict(
             {'classifier.attention_pool.weight': torch.zeros(1, 4)},
             dict(method='default'))
-    src = tmp_path / 'vit_lite.pth'
-    torch.save({'model': official_state_dict()}, src)
-    dst = tmp_path / 'pvg.pth'
-    result = subprocess.run(
-        [sys.executable, 'tools/model_converters/vit_lite_to_mmmpvg.py',
-         str(src), str(dst), '--pe-method', 'pvg'],
-        cwd=REPO, capture_output=True, text=True, check=True)
-    assert f'PE norms of layers 1..{DEPTH - 1} are new' in result.stdout
-    converted = torch.load(dst, weights_only=True)['state_dict']
-    missing, unexpected = tiny_classifier('pvg').load_state_dict(
-        converted, strict=False)
-    assert unexpected == []
-    assert sorted(missing) == sorted(
-        f'backbone.pe.layer_norms.{i}.{w}' for i in range(1, DEPTH)
-        for w in ('weight', 'bias'))
+    rules = method_rules('pvg', DEPTH, pe_in_layer0=False)
+    assert rules['layers'] == list(range(1, DEPTH))
+    assert_converter_script_output_loads(
+        'vit_lite_to_mmmpvg.py', official_state_dict(), tmp_path,
+        classifier('vit_lite', 'pvg'), 'pvg', rules)
 
 
 @pytest.mark.slow
@@ -355,12 +257,8 @@ def test_weight_decay_groups_are_timms():
     """timm's optimizer factory (CCT lists no exceptions): no decay on 1-D
     parameters only, so the PE LNs are not decayed but pos_0 and the class
     token are."""
-    cfg = Config.fromfile(config_of('lape'))
-    cfg.model.backbone.update(TINY)
-    cfg.model.head.update(num_classes=CLASSES, in_channels=DIMS)
-    cfg.model.train_cfg = None
-    model = MODELS.build(cfg.model)
-    groups = optimizer_groups(model, cfg.optim_wrapper)
+    model, groups = tiny_optimizer_groups(config_of('lape'), TINY,
+                                          NUM_CLASSES)
     assert len(groups) == len(list(model.parameters()))
     for name, group in groups.items():
         decay = 0 if model.get_parameter(name).dim() == 1 else 0.06

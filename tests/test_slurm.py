@@ -1,15 +1,13 @@
 """tools/slurm_train.sh and slurm_test.sh against a real Slurm: a one-node
 cluster started for this module (tests/slurm_cluster.py) runs a 2-task CPU
 training of the digits demo and its 2-task evaluation."""
-import re
 
 import pytest
-import torch
 from slurm_cluster import PARTITION, SlurmCluster, SlurmUnavailable
 from slurm_cluster import install_slurm
-from test_distributed import (DIST_CONFIG, NUM_TEST_SAMPLES,
-                              RANK_WEIGHTS_HOOK, load_checkpoint,
-                              predictions, run, run_logs, tool_env)
+from test_distributed import (assert_two_ranks_tested_every_sample_once,
+                              assert_two_ranks_trained_alike, dist_config,
+                              run, tool_env)
 
 pytestmark = [
     pytest.mark.slow,
@@ -46,37 +44,17 @@ def slurm_train(slurm_cluster, tmp_path_factory, demo_config,
                 tiny_digits_options, repo_root):
     """Two Slurm tasks train the demo for 3 epochs on 128 images."""
     root = tmp_path_factory.mktemp('slurm_train')
-    (root / 'rank_weights_dump.py').write_text(RANK_WEIGHTS_HOOK)
-    config = root / 'digits_dist.py'
-    config.write_text(DIST_CONFIG.format(base=str(demo_config)))
     work_dir = root / 'train'
     # A recipe total batch (read by collect_results.py) to compare with.
     run(['bash', repo_root / 'tools/slurm_train.sh', PARTITION, 'mpvg-train',
-         config, work_dir, '--cfg-options', *tiny_digits_options,
-         'auto_scale_lr.base_batch_size=128'],
+         dist_config(root, demo_config), work_dir, '--cfg-options',
+         *tiny_digits_options, 'auto_scale_lr.base_batch_size=128'],
         slurm_env(slurm_cluster, root))
     return work_dir
 
 
-def test_slurm_tasks_hold_the_same_trained_weights(slurm_train):
-    weights = {(rank, stage): torch.load(
-        slurm_train / f'rank{rank}_{stage}.pth', weights_only=True)
-        for rank in (0, 1) for stage in ('before', 'after')}
-    saved = load_checkpoint(slurm_train / 'epoch_3.pth')['state_dict']
-    for name, value in weights[0, 'after'].items():
-        assert torch.equal(value, weights[1, 'after'][name]), name
-        assert torch.equal(value, saved[name]), name
-    head = 'head.fc.weight'
-    assert not torch.equal(weights[0, 'before'][head],
-                           weights[0, 'after'][head])
-
-
-def test_slurm_log_shows_two_tasks(slurm_train):
-    log, = run_logs(slurm_train)
-    assert 'Distributed launcher: slurm' in log
-    assert 'GPU number: 2' in log
-    # 128 images / (2 tasks x 32 a batch) = 2 iterations an epoch.
-    assert 'Epoch(train) [3][2/2]' in log
+def test_slurm_tasks_hold_the_same_trained_weights_and_log_it(slurm_train):
+    assert_two_ranks_trained_alike(slurm_train, 'slurm')
 
 
 def test_slurm_test_evaluates_every_sample_once(
@@ -90,17 +68,8 @@ def test_slurm_test_evaluates_every_sample_once(
         slurm_env(slurm_cluster))
     metrics_one = make_runner(test_tool, demo_config, one,
                               tiny_digits_options, checkpoint).test()
-
-    preds, count = predictions(two / 'preds.pkl')
-    assert count == NUM_TEST_SAMPLES
-    assert sorted(preds) == list(range(NUM_TEST_SAMPLES))
-    log, = run_logs(two)
-    assert 'Distributed launcher: slurm' in log
-    assert 'GPU number: 2' in log
-    top1 = float(re.search(r'accuracy/top1: ([\d.]+)', log).group(1))
-    correct = sum(pred == gt for pred, gt in preds.values())
-    assert top1 == pytest.approx(100 * correct / NUM_TEST_SAMPLES, abs=1e-4)
-    assert top1 == pytest.approx(metrics_one['accuracy/top1'], abs=1e-4)
+    assert_two_ranks_tested_every_sample_once(two, 'slurm',
+                                              metrics_one['accuracy/top1'])
 
 
 def test_collect_results_reads_the_world_size_from_the_slurm_log(
