@@ -137,8 +137,8 @@ def test_num_classes_differs_from_the_checkpoint_head(run_tool, tmp_path):
     with pytest.raises(CheckpointMismatchError,
                        match='another number of classes'):
         run_tool('train', options=[f'load_from={path}',
-                                      'model.head.num_classes=5',
-                                      'data_preprocessor.num_classes=5'])
+                                   'model.head.num_classes=5',
+                                   'data_preprocessor.num_classes=5'])
     assert files(tmp_path) == before
 
 

@@ -115,8 +115,7 @@ def test_cpu_peak_memory_resolves_an_8_mib_tensor():
         a = torch.ones(256, 1024)  # 1 MiB
         b = a * 2  # 1 MiB
         if extra:
-            c = torch.empty(2 * MiB).fill_(1)  # 8 MiB while a, b live
-            del c
+            torch.empty(2 * MiB).fill_(1)  # 8 MiB while a, b live
         return b
 
     base, method = peak_memory(lambda: work(False), torch.device('cpu'),

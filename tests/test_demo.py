@@ -22,7 +22,8 @@ def run_demo(repo_root, work_dir, workers):
          '--epochs', '3', '--num-train', '64', '--num-test', '40',
          '--workers', str(workers), '--work-dir', str(work_dir)],
         cwd=repo_root, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.returncode == 0, (result.stdout[-3000:]
+                                    + result.stderr[-3000:])
     with open(work_dir / 'results.json') as f:
         return result.stdout, json.load(f)
 

@@ -211,8 +211,8 @@ def test_amp_test_infers_in_bfloat16_with_the_fp32_results(
     assert (amp_scores.argmax(1) == scores.argmax(1)).float().mean() >= 0.97
 
 
-def test_amp_test_refuses_a_loop_without_an_fp16_switch(test_tool,
-                                                         demo_config):
+def test_amp_test_refuses_a_loop_without_an_fp16_switch(
+        test_tool, demo_config):
     args = test_tool.parse_args([
         str(demo_config), 'ckpt.pth', '--amp', '--cfg-options',
         'test_cfg.type=CustomTestLoop'])

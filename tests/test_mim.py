@@ -29,7 +29,8 @@ def test_mim_train_runs_our_train_script(tmp_path):
          'train_dataloader.dataset.num_samples=64',
          'val_dataloader.dataset.num_samples=64'],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.returncode == 0, (result.stdout[-3000:]
+                                    + result.stderr[-3000:])
     assert glob.glob(str(tmp_path / 'epoch_3.pth'))
 
 
@@ -42,4 +43,5 @@ def test_every_collection_links_the_paper():
         assert collection.paper == {
             'Title': 'Maximizing the Position Embedding for Vision '
             'Transformers with Global Average Pooling (AAAI 2025)',
-            'URL': 'https://doi.org/10.1609/aaai.v39i17.33997'}, collection.name
+            'URL': 'https://doi.org/10.1609/aaai.v39i17.33997'}, (
+                collection.name)

@@ -88,11 +88,11 @@ def test_pure_path_matches_bilinear_definition(seed, shapes, points):
     grad_out = torch.randn(value.shape[0], locations.shape[1],
                            value.shape[2] * value.shape[3])
     out, (g_value, g_loc, g_weight) = grads(
-        lambda v, l, w: multi_scale_deformable_attention(
-            v, shapes, l, w, backend='pytorch'), value, locations, weights,
+        lambda v, loc, w: multi_scale_deformable_attention(
+            v, shapes, loc, w, backend='pytorch'), value, locations, weights,
         grad_out)
     ref, (r_value, r_loc, r_weight) = grads(
-        lambda v, l, w: bilinear_reference(v, shapes, l, w), value,
+        lambda v, loc, w: bilinear_reference(v, shapes, loc, w), value,
         locations, weights, grad_out)
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(g_value, r_value, atol=1e-5, rtol=1e-5)
@@ -143,11 +143,11 @@ def test_compiled_op_matches_pure_path_on_cuda():
     grad_out = torch.randn(3, locations.shape[1], 12)
     cuda = [t.cuda() for t in (value, locations, weights, grad_out)]
     out_c, grads_c = grads(
-        lambda v, l, w: multi_scale_deformable_attention(
-            v, SHAPES, l, w, backend='compiled'), *cuda)
+        lambda v, loc, w: multi_scale_deformable_attention(
+            v, SHAPES, loc, w, backend='compiled'), *cuda)
     out_p, grads_p = grads(
-        lambda v, l, w: multi_scale_deformable_attention(
-            v, SHAPES, l, w, backend='pytorch'), *cuda)
+        lambda v, loc, w: multi_scale_deformable_attention(
+            v, SHAPES, loc, w, backend='pytorch'), *cuda)
     torch.testing.assert_close(out_c, out_p, atol=1e-5, rtol=1e-5)
     for gc, gp in zip(grads_c, grads_p):
         torch.testing.assert_close(gc, gp, atol=1e-4, rtol=1e-4)

@@ -20,7 +20,7 @@ from pe_reference import (RandomState, assert_converted_logits,
                           hook_attention_inputs, method_rules, official_tokens,
                           pe_chain, tiny_optimizer_groups, with_pe)
 
-# CeiT-Ti with a 1000-class head (spec §2.1):
+# CeiT-Ti with a 1000-class head, counted by hand to the paper's #Params:
 #   I2T conv 3*64*49 + BN 2*64                                =     9,536
 #   patch projection 64*192*16 + 192                          =   196,800
 #   cls_token 192 + pos_embed 197*192                         =    38,016

@@ -22,7 +22,8 @@ from pe_reference import (RandomState, assert_converted_logits,
                           official_tokens, pe_chain, tiny_optimizer_groups,
                           with_pe)
 
-# ViT-Lite-7/4 at 32 px with a 100-class head (spec §4.1):
+# ViT-Lite-7/4 at 32 px with a 100-class head, counted by hand to the
+# paper's #Params:
 #   tokenizer conv 3*256*16 + 256                             =    12,544
 #   class_emb 256 + positional_emb 65*256                     =    16,896
 #   one layer: pre_norm 512 + qkv 256*768 (no bias) + proj 256*256+256

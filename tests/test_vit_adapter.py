@@ -61,9 +61,8 @@ def test_ti_builds_in_both_registries_with_four_levels(registry):
                                 pe_cfg=dict(method='mpvg'), norm_cfg=BN))
     assert isinstance(model, ViTAdapter)
     outs = model(torch.randn(2, 3, 64, 96))
-    assert [tuple(o.shape) for o in outs] == [(2, 192, 16, 24),
-                                             (2, 192, 8, 12),
-                                             (2, 192, 4, 6), (2, 192, 2, 3)]
+    assert [tuple(o.shape) for o in outs] == [
+        (2, 192, 16, 24), (2, 192, 8, 12), (2, 192, 4, 6), (2, 192, 2, 3)]
 
 
 def test_ti_defaults_follow_vit_adapter():
@@ -589,8 +588,8 @@ def test_init_from_mmpretrain_checkpoint(tmp_path, method, last_norm,
 
 
 @pytest.mark.parametrize('global_pool', ['cls', 'avg'])
-def test_classifier_of_another_pretraining_size_is_resized(tmp_path,
-                                                            global_pool):
+def test_classifier_of_another_pretraining_size_is_resized(
+        tmp_path, global_pool):
     """A classifier pre-trained at 32 px (2x2 grid) into an adapter whose
     ViT was configured for 64 px (4x4): the PE is resized on load."""
     classifier = CLS_MODELS.build(dict(

@@ -113,25 +113,28 @@ def torch_on_disk(overlay):
     """``overlay/``: links to the installed files of torch, torchvision and
     everything they require, as this interpreter has them."""
     overlay.mkdir()
-    todo, seen = ['torch', 'torchvision'], set()
+    todo, seen = [('torch', ()), ('torchvision', ())], set()
     while todo:
-        name = todo.pop()
+        name, extras = todo.pop()
         try:
             dist = importlib.metadata.distribution(name)
         except importlib.metadata.PackageNotFoundError:
             continue  # an optional dependency that is not installed
-        if dist.metadata['Name'].lower() in seen:
+        key = (dist.metadata['Name'].lower(), extras)
+        if key in seen:
             continue
-        seen.add(dist.metadata['Name'].lower())
+        seen.add(key)
         site = pathlib.Path(dist.locate_file(''))
         for top in {pathlib.PurePath(f).parts[0] for f in dist.files}:
             if top != '..' and not (overlay / top).exists():
                 (overlay / top).symlink_to(site / top)
+        # torch's CUDA libraries come through extras (cuda-toolkit[cudart]).
         for line in dist.requires or ():
             requirement = Requirement(line)
-            if requirement.marker is None or requirement.marker.evaluate(
-                    {'extra': ''}):
-                todo.append(requirement.name)
+            if requirement.marker is None or any(
+                    requirement.marker.evaluate({'extra': extra})
+                    for extra in ('', *extras)):
+                todo.append((requirement.name, tuple(requirement.extras)))
     return overlay
 
 
@@ -155,15 +158,9 @@ def test_wheel_installs_with_its_dependencies_and_runs_through_mim(
     venv = tmp_path / 'venv'
     run([sys._base_executable, '-m', 'venv', venv], timeout=300)
     python, mim = venv / 'bin' / 'python', venv / 'bin' / 'mim'
-    site = run([python, '-c', 'import sysconfig; '
-                'print(sysconfig.get_paths()["purelib"])']).stdout.strip()
-    (pathlib.Path(site) / 'torch_on_disk.pth').write_text(
-        f'{torch_on_disk(tmp_path / "torch_on_disk")}\n')
-    run([python, '-m', 'pip', 'install', '--disable-pip-version-check',
-         '-q', mmcv_wheel, f'{wheel}[det,seg,mim]'], timeout=1200)
-    run([python, '-m', 'pip', 'check'])
-
-    # From a folder outside the clone, with nothing of the clone on the path.
+    # From a folder outside the clone, with nothing of the clone on the
+    # path: pip would take the clone's mmmpvg.egg-info (on the path through
+    # PYTHONPATH or the working directory) as mmmpvg already installed.
     outside = tmp_path / 'user'
     outside.mkdir()
     env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
@@ -171,6 +168,14 @@ def test_wheel_installs_with_its_dependencies_and_runs_through_mim(
 
     def in_venv(*cmd, timeout=600):
         return run(cmd, cwd=outside, env=env, timeout=timeout)
+
+    site = in_venv(python, '-c', 'import sysconfig; '
+                   'print(sysconfig.get_paths()["purelib"])').stdout.strip()
+    (pathlib.Path(site) / 'torch_on_disk.pth').write_text(
+        f'{torch_on_disk(tmp_path / "torch_on_disk")}\n')
+    in_venv(python, '-m', 'pip', 'install', '--disable-pip-version-check',
+            '-q', mmcv_wheel, f'{wheel}[det,seg,mim]', timeout=1200)
+    in_venv(python, '-m', 'pip', 'check')
 
     (outside / 'registered.py').write_text(REGISTERED)
     installed = json.loads(in_venv(python, 'registered.py').stdout)

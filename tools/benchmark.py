@@ -241,7 +241,7 @@ def int8_variant(scheme):
 
 
 # Every inference row's speed is also given against this one, in the same
-# round: the reference for the CPU targets.
+# round: the reference of the CPU speed targets.
 REFERENCE = ('timm', variant_key('inference', 'fp32', False))
 
 

@@ -4,7 +4,8 @@ Coloured squares, triangles and discs on noise, for trying the ViT-Adapter
 configs without COCO or ADE20K:
 
     python tools/make_shapes_data.py coco data/shapes_coco --train 64 --val 16
-    python tools/make_shapes_data.py ade20k data/shapes_ade20k --train 64 --val 16
+    python tools/make_shapes_data.py ade20k data/shapes_ade20k \\
+        --train 64 --val 16
 """
 import argparse
 
@@ -36,7 +37,8 @@ def main():
     shapes = dict(max_shapes=args.max_shapes,
                   shape_size=tuple(args.shape_size), seed=args.seed)
     if args.format == 'coco':
-        make_coco_shapes(args.out_dir, (('train', args.train), ('val', args.val)),
+        make_coco_shapes(args.out_dir,
+                         (('train', args.train), ('val', args.val)),
                          tuple(args.size), **shapes)
     else:
         make_ade20k_shapes(args.out_dir, (('training', args.train),

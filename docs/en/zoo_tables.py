@@ -101,7 +101,8 @@ def recipe(rel, cfg):
     length = (f"{train['max_iters']:,} iters" if 'max_iters' in train
               else f"{train['max_epochs']} epochs")
     optimizer = cfg.optim_wrapper.optimizer
-    return f"batch {total}, {length}, {optimizer['type']} lr {optimizer['lr']:g}"
+    return (f"batch {total}, {length}, "
+            f"{optimizer['type']} lr {optimizer['lr']:g}")
 
 
 def family_table(zoo, family):

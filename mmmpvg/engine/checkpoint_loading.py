@@ -27,7 +27,8 @@ from mmengine.logging import HistoryBuffer
 from mmengine.runner.checkpoint import CheckpointLoader
 
 __all__ = [
-    'MMENGINE_CHECKPOINT_GLOBALS', 'NUMPY_DTYPE_CODES', 'UnsafeCheckpointError',
+    'MMENGINE_CHECKPOINT_GLOBALS', 'NUMPY_DTYPE_CODES',
+    'UnsafeCheckpointError',
     'DamagedCheckpointError', 'WEIGHTS_ONLY_BY_DEFAULT', 'checkpoint_damage',
     'written_by_torch_save',
     'mmengine_checkpoint_globals', 'install_checkpoint_allowlist'

@@ -1,4 +1,4 @@
-"""What tools/train.py and tools/test.py share: CLI overrides and the Runner."""
+"""What tools/train.py and tools/test.py share: CLI overrides, the Runner."""
 import glob
 import os
 import os.path as osp
@@ -58,7 +58,8 @@ def resolve_resume(cfg):
     if cfg.get('load_from'):
         damage = checkpoint_damage(cfg.load_from)
         if damage:
-            raise RuntimeError(f'Cannot resume from {cfg.load_from}: {damage}.')
+            raise RuntimeError(
+                f'Cannot resume from {cfg.load_from}: {damage}.')
         return None
     latest = find_latest_checkpoint(cfg.work_dir)
     candidates = ([latest] if latest else []) + [

@@ -9,7 +9,8 @@ fp32 (what ``--int8`` does) and quantized too. bf16 (autocast) runs only
 where the CPU computes in bf16 (AVX512-BF16 or AMX); elsewhere it is
 emulated and says nothing about deployment.
 
-    python tools/deployment/int8_accuracy.py work_dirs/demo_digits/results.json \\
+    python tools/deployment/int8_accuracy.py \\
+        work_dirs/demo_digits/results.json \\
         [--schemes pt2e dynamic onnxruntime] [--json out.json]
 """
 import argparse
@@ -28,7 +29,7 @@ from mmmpvg.deploy import load_model
 from mmmpvg.deploy.quantization import SCHEMES, check_int8, int8_graph
 from mmmpvg.utils.benchmarking import cpu_isa, format_isa
 
-MAX_LOSS = 0.3  # the issue's target: top-1 points lost per method
+MAX_LOSS = 0.3  # the target: top-1 points int8 may lose per method
 
 
 def parse_args(argv=None):

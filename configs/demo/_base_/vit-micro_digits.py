@@ -46,7 +46,8 @@ train_dataloader = dict(
         type='SklearnDigits',
         split='train',
         pipeline=[
-            dict(type='RandomResizedCrop', scale=32, crop_ratio_range=(0.8, 1.0)),
+            dict(type='RandomResizedCrop', scale=32,
+                 crop_ratio_range=(0.8, 1.0)),
             dict(type='PackInputs'),
         ]),
     sampler=dict(type='DefaultSampler', shuffle=True))

@@ -4,15 +4,20 @@ The paper's methods differ only in *where* a learnable absolute PE enters a
 transformer, so a method is a set of knobs (data in the config), not a copy
 of the transformer:
 
-=====================  =======  =========  ======  ============  ==========
-knob                   default  lape       pvg     mpvg          meaning
-=====================  =======  =========  ======  ============  ==========
-``add_to_input``       True     False      True    True          x_0 = patches + pos (Eq. 1, 8)
-``layerwise``          False    True       True    True          layers get LN'_l(.) at the attention input (Eq. 6, 9)
-``include_layer0``     --       True       False*  False*        layer 0 gets a PE too
-``hierarchical``       --       True       True    True          pos_l = LN'_l(pos_{l-1}), else LN'_l(pos_0)
-``last_norm_pos``      None     None       None    0             y = LN(x) + LN''(pos_k) (Eq. 11)
-=====================  =======  =========  ======  ============  ==========
+===================  =======  ====  ======  ======  ======================
+knob                 default  lape  pvg     mpvg    meaning
+===================  =======  ====  ======  ======  ======================
+``add_to_input``     True     False True    True    x_0 = patches + pos
+                                                    (Eq. 1, 8)
+``layerwise``        False    True  True    True    layers get LN'_l(.) at
+                                                    the attention input
+                                                    (Eq. 6, 9)
+``include_layer0``   --       True  False*  False*  layer 0 gets a PE too
+``hierarchical``     --       True  True    True    pos_l = LN'_l(pos_l-1),
+                                                    else LN'_l(pos_0)
+``last_norm_pos``    None     None  None    0       y = LN(x) + LN''(pos_k)
+                                                    (Eq. 11)
+===================  =======  ====  ======  ======  ======================
 
 (*) A backbone family may change a preset (``pe_preset_overrides``): the
 paper puts a PE LN in layer 0 for Swin's PVG and MPVG, and so does CeiT here.
