@@ -23,14 +23,15 @@ def test_roi_align_forward_backward_match_torchvision(sampling_ratio):
     rois = torch.cat([torch.tensor([0, 0, 0, 1, 1, 1.])[:, None], boxes], 1)
     upstream = torch.randn(6, 3, 4, 5, generator=g)
 
-    def run(op, **kwargs):
+    def run(op, *pool_mode):
+        # Positional, as mmcv's RoIAlign calls it: torch < 2.2's
+        # Function.apply takes no keywords.
         x = feats.clone().requires_grad_()
-        out = op(x, rois, (4, 5), spatial_scale=0.5,
-                 sampling_ratio=sampling_ratio, aligned=True, **kwargs)
+        out = op(x, rois, (4, 5), 0.5, sampling_ratio, *pool_mode, True)
         (out * upstream).sum().backward()
         return out, x.grad
 
-    out, grad = run(roi_align, pool_mode='avg')
+    out, grad = run(roi_align, 'avg')
     ref_out, ref_grad = run(torchvision.ops.roi_align)
     assert out.abs().sum() > 0 and grad.abs().sum() > 0
     torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-5)

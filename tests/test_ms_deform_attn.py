@@ -9,6 +9,7 @@ backend choice, fp32 under autocast, and the attention module. On a GPU
 (``pytest -m cuda``, which tools/gpu_check.sh runs): mmcv's compiled kernel
 against the PyTorch path, also on the inputs a real ViT-Adapter passes.
 """
+import contextlib
 import os.path as osp
 
 import pytest
@@ -266,8 +267,11 @@ def adapter_msda_calls(monkeypatch, device, img_size, batch=1,
     original = msda.multi_scale_deformable_attention
     monkeypatch.setattr(msda, 'multi_scale_deformable_attention', record)
     images = torch.randn(batch, 3, img_size, img_size, device=device)
-    with torch.no_grad(), torch.autocast(device.type, dtype=dtype,
-                                         enabled=dtype != torch.float32):
+    # No autocast context at fp32: torch < 2.4 refuses a CPU autocast
+    # dtype other than bf16 even when disabled.
+    amp = (contextlib.nullcontext() if dtype == torch.float32 else
+           torch.autocast(device.type, dtype=dtype))
+    with torch.no_grad(), amp:
         adapter(images)
     return calls
 

@@ -15,12 +15,15 @@ output of the model's data preprocessor, as mmdeploy's graphs do):
   ONNX symbolics and data-dependent box counts, which is what mmdeploy's
   rewriters and custom-op library exist for.
 """
+import functools
+import inspect
 from collections import Counter
 from contextlib import ExitStack, contextmanager
 from typing import Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from mmengine.config import Config
 from mmengine.model import revert_sync_batchnorm
 from torch.nn.modules.utils import _pair
@@ -189,6 +192,35 @@ def batch_agnostic_windows():
         ShiftWindowMSA.window_reverse = original
 
 
+def _attention_with_scale(query, key, value, attn_mask=None, dropout_p=0.,
+                          is_causal=False, *, scale):
+    attn = (query @ key.transpose(-2, -1) * scale).softmax(dim=-1)
+    return attn @ value
+
+
+@contextmanager
+def exportable_attention_scales(graph: nn.Module):
+    """Within, on torch < 2.5: attention that calls
+    ``F.scaled_dot_product_attention`` with an explicit ``scale`` (T2T-ViT)
+    computes it as plain matmuls and softmax, which the exporter of those
+    versions maps (it fails on a float scale: pytorch/pytorch#125158)."""
+    swaps = []
+    if torch.__version__ < (2, 5):
+        for module in graph.modules():
+            call = getattr(module, 'scaled_dot_product_attention', None)
+            if (isinstance(call, functools.partial)
+                    and call.func is F.scaled_dot_product_attention
+                    and 'scale' in call.keywords):
+                swaps.append((module, call))
+                module.scaled_dot_product_attention = functools.partial(
+                    _attention_with_scale, scale=call.keywords['scale'])
+    try:
+        yield
+    finally:
+        for module, call in swaps:
+            module.scaled_dot_product_attention = call
+
+
 def export_onnx(model: nn.Module, task: str, out_file: str,
                 shape: Sequence[int], opset: int = MIN_OPSET,
                 batch_size: int = 1, fold: bool = True) -> nn.Module:
@@ -216,10 +248,13 @@ def export_onnx(model: nn.Module, task: str, out_file: str,
     axes = {name: {0: 'batch'} for name in ['input', *names]}
     export_kwargs = dict(
         input_names=['input'], output_names=names, dynamic_axes=axes,
-        opset_version=opset, dynamo=False)
+        opset_version=opset)
+    if 'dynamo' in inspect.signature(torch.onnx.export).parameters:
+        export_kwargs['dynamo'] = False  # torch >= 2.5 has two exporters
     with ExitStack() as stack:
         stack.enter_context(fixed_adaptive_pools(graph, img))
         stack.enter_context(batch_agnostic_windows())
+        stack.enter_context(exportable_attention_scales(graph))
         if fold:
             stack.enter_context(fold_pe(graph, img))
         else:
