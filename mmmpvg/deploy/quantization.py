@@ -44,8 +44,9 @@ SCHEMES = {
     'pt2e': 'PT2E X86InductorQuantizer (torchao) + inductor, oneDNN int8',
     'dynamic': 'eager dynamic int8 nn.Linear (torch.ao, fbgemm/x86)',
 }
-# Picked by measurement (docs/en/user_guides/int8_inference.md): the fastest
-# on DeiT-Ti at batch 32 and built in a second; same numerics as 'pt2e'.
+# The default needs no C++ compiler and no torchao and builds in a second;
+# 'pt2e' (same numerics) is faster where a compiler is present
+# (docs/en/user_guides/int8_inference.md).
 DEFAULT_SCHEME = 'onnxruntime'
 # Where the classification head's ops live in each representation: the
 # module path inside export_module()'s graph, and the ONNX node-name prefix
@@ -110,9 +111,10 @@ def _pt2e_quantize(graph: nn.Module, img: torch.Tensor,
                                                              prepare_pt2e)
     except ImportError as error:
         raise ImportError(
-            "int8 scheme 'pt2e' needs torchao (pip install -r "
-            "requirements/deploy.txt), or choose the 'dynamic' or "
-            "'onnxruntime' scheme.") from error
+            "int8 scheme 'pt2e' needs torchao built for this torch "
+            f"({torch.__version__}; pip install -r requirements/deploy.txt), "
+            f"or choose the 'dynamic' or 'onnxruntime' scheme: {error}"
+        ) from error
     example = _example_batch(img)
     with batch_agnostic_windows(), fold_pe(graph, example):
         exported = torch.export.export(
