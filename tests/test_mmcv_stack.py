@@ -24,7 +24,7 @@ def test_roi_align_forward_backward_match_torchvision(sampling_ratio):
     upstream = torch.randn(6, 3, 4, 5, generator=g)
 
     def run(op, *pool_mode):
-        # Positional, as mmcv's RoIAlign calls it: torch < 2.2's
+        # Positional, as mmcv's RoIAlign calls it: torch 2.1's
         # Function.apply takes no keywords.
         x = feats.clone().requires_grad_()
         out = op(x, rois, (4, 5), 0.5, sampling_ratio, *pool_mode, True)

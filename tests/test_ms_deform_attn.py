@@ -267,8 +267,8 @@ def adapter_msda_calls(monkeypatch, device, img_size, batch=1,
     original = msda.multi_scale_deformable_attention
     monkeypatch.setattr(msda, 'multi_scale_deformable_attention', record)
     images = torch.randn(batch, 3, img_size, img_size, device=device)
-    # No autocast context at fp32: torch < 2.4 refuses a CPU autocast
-    # dtype other than bf16 even when disabled.
+    # No autocast context at fp32: torch 2.1 refuses a CPU autocast dtype
+    # other than bf16 even when disabled.
     amp = (contextlib.nullcontext() if dtype == torch.float32 else
            torch.autocast(device.type, dtype=dtype))
     with torch.no_grad(), amp:

@@ -138,7 +138,17 @@ def _pt2e_quantize(graph: nn.Module, img: torch.Tensor,
         # Activations need no calibration (quantized per call), but the
         # weight observers record their ranges in a forward pass.
         prepared(example)
-    return convert_pt2e(prepared)
+    converted = convert_pt2e(prepared)
+    weight_dequant = torch.ops.quantized_decomposed.dequantize_per_channel
+    if not any(node.target is weight_dequant.default
+               for node in converted.graph.nodes):
+        import torchao
+        raise RuntimeError(
+            f"int8 scheme 'pt2e': torchao {torchao.__version__} quantized "
+            f'no linear layer of the graph torch {torch.__version__} '
+            "exported; choose the 'onnxruntime' or 'dynamic' scheme, or "
+            'the torch this project pins.')
+    return converted
 
 
 def _pt2e_graph(graph: nn.Module, img: torch.Tensor,
