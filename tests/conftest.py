@@ -29,6 +29,15 @@ def pytest_configure(config):
         'venv from the package index (minutes; also marked slow)')
 
 
+def pytest_collection_modifyitems(config, items):
+    # Under pytest-xdist (`-n 2 --dist loadgroup`), the Slurm tests share
+    # one worker: they start one cluster per module, and two at once would
+    # fight over slurmctld's port and state files.
+    for item in items:
+        if item.get_closest_marker('slurm'):
+            item.add_marker(pytest.mark.xdist_group('slurm'))
+
+
 @pytest.fixture(autouse=True)
 def isolated_default_scope():
     """Start each test with no mmengine default scope: a Runner (or a config
