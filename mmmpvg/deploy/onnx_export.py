@@ -192,8 +192,8 @@ def batch_agnostic_windows():
         ShiftWindowMSA.window_reverse = original
 
 
-def _attention_with_scale(query, key, value, attn_mask=None, dropout_p=0.,
-                          is_causal=False, *, scale):
+def _attention_with_scale(query, key, value, dropout_p=0., *, scale):
+    # Exported in eval mode, where mmpretrain's attention dropout is 0.
     attn = (query @ key.transpose(-2, -1) * scale).softmax(dim=-1)
     return attn @ value
 
