@@ -33,11 +33,29 @@ ISA_FLAGS = ('avx2', 'avx512_f', 'avx512_vnni', 'avx_vnni', 'avx512_bf16',
              'amx_tile', 'amx_int8', 'amx_bf16')
 
 
+def _proc_cpuinfo() -> dict:
+    """What ``torch.cpu.get_capabilities()`` (torch >= 2.3) reports, read
+    from Linux's /proc/cpuinfo for older torch."""
+    info = {}
+    try:
+        with open('/proc/cpuinfo') as f:
+            for line in f:
+                key, _, value = line.partition(':')
+                info.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    flags = set(info.get('flags', '').split())
+    return dict(cpu_name=info.get('model name'),
+                **{flag: flag.replace('avx512_f', 'avx512f') in flags
+                   for flag in ISA_FLAGS})
+
+
 def cpu_isa() -> dict:
     """The CPU's name, PyTorch's kernel level
     (``torch.backends.cpu.get_cpu_capability()``), the instruction sets of
     ``ISA_FLAGS`` and the quantized engines this torch was built with."""
-    caps = torch.cpu.get_capabilities()
+    get_capabilities = getattr(torch.cpu, 'get_capabilities', None)
+    caps = get_capabilities() if get_capabilities else _proc_cpuinfo()
     return dict(
         cpu_name=caps.get('cpu_name'),
         capability=torch.backends.cpu.get_cpu_capability(),
